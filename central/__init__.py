@@ -1,0 +1,3 @@
+"""The community coordinator: cycles, allocation, grid signal, records."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,298 @@
+"""One allocation cycle as a deterministic state machine (PROTOCOL.md, "One cycle").
+
+The caller feeds it, in order: the surplus and the sites online at request
+time (``Cycle.open``), then each reply as it arrives (``offer``), and timer
+events (``tick``) up to the deadline. Every call returns a ``Step``: the
+decisions taken (site, kW, rank) to publish at once, the replies it ignored
+and why, and the close reason once the cycle has closed.
+
+Time is a number of seconds since the request, given by the caller: the core
+never reads a clock. The cycle enforces the contract whatever the strategy
+says: never more than the surplus in total, never more than a site's offer,
+each site at most once, rank = arrival order, nothing after close, replies
+for another cycle ignored as stale.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Hashable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from central.core.strategy import Grant, Session, Strategy, StrategyState
+
+EPSILON_KW = 1e-9
+"""Below this the surplus counts as used up (floating-point dust)."""
+
+CLOSE_EXHAUSTED = "exhausted"
+CLOSE_ALL_REPLIED = "all_replied"
+CLOSE_DEADLINE = "deadline"
+CLOSE_NO_SURPLUS = "no_surplus"
+
+
+class LoadOffer(NamedTuple):
+    """One flexible load behind a reply, as the core needs it."""
+
+    id: str
+    min_kw: float
+    max_kw: float
+    kind: str = "generic"
+    priority: int | None = None
+    until_s: float | None = None  # seconds after the request by which it must be done
+    energy_kwh: float | None = None
+
+
+class Offer(NamedTuple):
+    """A reply as the core sees it: who, for which cycle, how much, when."""
+
+    site: str
+    cycle: Hashable
+    flex_kw: float
+    elapsed_s: float = 0.0
+    loads: tuple[LoadOffer, ...] = ()
+
+
+class Decision(NamedTuple):
+    """An allocation: ``alloc_kw`` to ``site``, whose reply arrived ``rank``-th."""
+
+    site: str
+    alloc_kw: float
+    rank: int
+    flex_kw: float
+    elapsed_s: float
+
+
+class Ignored(NamedTuple):
+    """A reply the cycle did not act on, and why (stale, duplicate, closed, …)."""
+
+    offer: Offer
+    reason: str
+
+
+@dataclass(slots=True)
+class Step:
+    """What one call to the cycle produced."""
+
+    decisions: list[Decision] = field(default_factory=list)
+    ignored: list[Ignored] = field(default_factory=list)
+    closed: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CycleContext:
+    """What a strategy may know about the cycle it serves."""
+
+    cycle: Hashable
+    surplus_kw: float
+    sites: frozenset[str]
+    deadline_s: float
+    seed: int = 0
+
+
+class Cycle:
+    """The state of one allocation cycle. Build it with ``Cycle.open``."""
+
+    __slots__ = (
+        "_closed_step",
+        "_decided",
+        "_deadline_s",
+        "_expected",
+        "_pending",
+        "_rank",
+        "_replied",
+        "_session",
+        "allocated_kw",
+        "close_reason",
+        "context",
+        "decisions",
+        "remaining_kw",
+    )
+
+    def __init__(self, context: CycleContext, session: Session | None) -> None:
+        self.context = context
+        self._session = session
+        self._expected = context.sites
+        self._deadline_s = context.deadline_s
+        self._replied: set[str] = set()
+        self._decided: set[str] = set()
+        self._pending: dict[str, tuple[Offer, int]] = {}
+        self._rank = 0
+        self.remaining_kw = max(context.surplus_kw, 0.0)
+        self.allocated_kw = 0.0
+        self.decisions: list[Decision] = []
+        self.close_reason: str | None = None
+        self._closed_step: Step | None = None
+
+    @classmethod
+    def open(
+        cls,
+        cycle: Hashable,
+        surplus_kw: float,
+        sites: Collection[str],
+        strategy: Strategy,
+        state: StrategyState | None = None,
+        *,
+        deadline_s: float,
+        seed: int = 0,
+    ) -> tuple[Cycle, Step]:
+        """Open a cycle. With no surplus it is closed at once (``no_surplus``)."""
+        if not deadline_s > 0:
+            raise ValueError("deadline_s must be positive")
+        context = CycleContext(cycle, float(surplus_kw), frozenset(sites), float(deadline_s), seed)
+        if not surplus_kw > EPSILON_KW:
+            self = cls(context, None)
+            return self, self._close(CLOSE_NO_SURPLUS, Step())
+        self = cls(context, strategy.begin(context, state or {}))
+        step = Step()
+        if not self._expected:
+            self._close(CLOSE_ALL_REPLIED, step)
+        return self, step
+
+    # Queries ---------------------------------------------------------------
+    @property
+    def cycle(self) -> Hashable:
+        return self.context.cycle
+
+    @property
+    def closed(self) -> bool:
+        return self.close_reason is not None
+
+    @property
+    def replies(self) -> int:
+        return len(self._replied)
+
+    def next_wakeup_s(self) -> float | None:
+        """When the caller should call ``tick`` next (seconds after the request)."""
+        if self.close_reason is not None:
+            return None
+        wake = self._session.wakeup_s() if self._session is not None else None
+        if wake is None or wake > self._deadline_s:
+            return self._deadline_s
+        return wake
+
+    # Events ----------------------------------------------------------------
+    def offer(self, offer: Offer) -> Step:
+        """Feed one reply, in arrival order."""
+        step = Step()
+        self._feed(offer, step)
+        return step
+
+    def offer_many(self, offers: Iterable[Offer]) -> Step:
+        """Feed several replies in arrival order (a burst drained from a queue)."""
+        step = Step()
+        feed = self._feed
+        for offer in offers:
+            feed(offer, step)
+        return step
+
+    def tick(self, elapsed_s: float) -> Step:
+        """Time has reached ``elapsed_s`` after the request: run timers, close at the deadline."""
+        step = Step()
+        if self.close_reason is not None:
+            return step
+        if elapsed_s >= self._deadline_s:
+            return self._close(CLOSE_DEADLINE, step)
+        session = self._session
+        assert session is not None
+        wake = session.wakeup_s()
+        if wake is not None and elapsed_s >= wake:
+            grants = session.on_timer(elapsed_s, self._pending_offers(), self.remaining_kw)
+            self._apply(grants, step)
+            self._check_done(step)
+        return step
+
+    def close(self, reason: str = CLOSE_DEADLINE) -> Step:
+        """Close now (e.g. the service stops); pending offers get the strategy's last word."""
+        step = Step()
+        if self.close_reason is None:
+            self._close(reason, step)
+        return step
+
+    # Internals -------------------------------------------------------------
+    def _feed(self, offer: Offer, step: Step) -> None:
+        if self.close_reason is not None:
+            step.ignored.append(Ignored(offer, "closed"))
+            return
+        if offer.cycle != self.context.cycle:
+            step.ignored.append(Ignored(offer, "stale"))
+            return
+        site = offer.site
+        if site in self._replied:
+            step.ignored.append(Ignored(offer, "duplicate"))
+            return
+        if site not in self._expected:
+            step.ignored.append(Ignored(offer, "not_requested"))
+            return
+        if offer.elapsed_s >= self._deadline_s:
+            self._close(CLOSE_DEADLINE, step)
+            step.ignored.append(Ignored(offer, "closed"))
+            return
+        self._replied.add(site)
+        self._rank += 1
+        rank = self._rank
+        session = self._session
+        assert session is not None
+        kw = session.on_offer(offer, rank, self.remaining_kw)
+        if kw is None:
+            self._pending[site] = (offer, rank)
+        else:
+            self._decide(offer, rank, kw, step)
+        if self.remaining_kw <= EPSILON_KW:
+            self._close(CLOSE_EXHAUSTED, step)
+        elif len(self._replied) == len(self._expected):
+            self._close(CLOSE_ALL_REPLIED, step)
+
+    def _decide(self, offer: Offer, rank: int, kw: float, step: Step) -> None:
+        # The contract, whatever the strategy said: 0 <= kw <= min(offer, remaining).
+        remaining = self.remaining_kw
+        if kw > offer.flex_kw:
+            kw = offer.flex_kw
+        if kw > remaining:
+            kw = remaining
+        if not kw > 0.0:  # also catches NaN
+            kw = 0.0
+        self.remaining_kw = remaining - kw
+        self.allocated_kw += kw
+        self._decided.add(offer.site)
+        decision = Decision(offer.site, kw, rank, offer.flex_kw, offer.elapsed_s)
+        self.decisions.append(decision)
+        step.decisions.append(decision)
+
+    def _pending_offers(self) -> list[Offer]:
+        return [offer for offer, _ in self._pending.values()]
+
+    def _apply(self, grants: Sequence[Grant], step: Step) -> None:
+        for site, kw in grants:
+            entry = self._pending.pop(site, None)
+            if entry is None:
+                continue  # not pending: already decided, never replied, or granted twice
+            offer, rank = entry
+            self._decide(offer, rank, kw, step)
+
+    def _check_done(self, step: Step) -> None:
+        if self.close_reason is not None:
+            return
+        if self.remaining_kw <= EPSILON_KW:
+            self._close(CLOSE_EXHAUSTED, step)
+        elif len(self._replied) == len(self._expected) and not self._pending:
+            self._close(CLOSE_ALL_REPLIED, step)
+
+    def _close(self, reason: str, step: Step) -> Step:
+        session = self._session
+        if session is not None and self._pending:
+            grants = session.on_close(self._pending_offers(), self.remaining_kw)
+            self._apply(grants, step)
+            # Whatever the strategy left undecided gets nothing, explicitly.
+            for offer, rank in sorted(self._pending.values(), key=lambda e: e[1]):
+                self._decide(offer, rank, 0.0, step)
+            self._pending.clear()
+        self.close_reason = reason
+        step.closed = reason
+        self._closed_step = step
+        return step
+
+    def settle(self, state: StrategyState | None = None) -> StrategyState:
+        """The strategy state to carry into the next cycle (call once closed)."""
+        if self._session is None:
+            return state or {}
+        return self._session.settle(self.decisions)

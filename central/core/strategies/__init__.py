@@ -1,0 +1,1 @@
+"""One module per allocation strategy; registered in ``central.core.strategy.STRATEGIES``."""

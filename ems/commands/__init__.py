@@ -1,0 +1,1 @@
+"""One module per ``ems`` subcommand; each exposes ``register(subparsers)``."""

@@ -1,0 +1,3 @@
+"""The edge gateway and local EMS of one home."""
+
+__version__ = "0.1.0"
