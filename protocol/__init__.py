@@ -13,6 +13,7 @@ from protocol.codec import (
     decode,
     decode_payload,
     encode,
+    encode_alloc,
 )
 from protocol.ids import ID_PATTERN, is_valid_id, validate_id
 from protocol.models import (
@@ -70,6 +71,7 @@ __all__ = [
     "decode",
     "decode_payload",
     "encode",
+    "encode_alloc",
     "format_utc",
     "is_valid_id",
     "validate_id",

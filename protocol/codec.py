@@ -121,7 +121,8 @@ def decode_payload(
         for key in _SITE_KEYS:
             named = data.get(key)
             if named is not None and named != site:
-                return Rejection("site_mismatch", f"payload {key}={named!r}, topic site {site!r}", site=site)
+                detail = f"payload {key}={named!r}, topic site {site!r}"
+                return Rejection("site_mismatch", detail, site=site)
     try:
         # JSON-mode strict validation: ISO strings become datetimes, arrays
         # tuples, but a number is never a time and a string never a number.
@@ -148,3 +149,24 @@ def encode(message: BaseModel) -> bytes:
 def to_dict(message: BaseModel) -> dict[str, Any]:
     """The payload as a JSON-ready dict."""
     return dump(message)
+
+
+def encode_alloc(
+    cycle: str, alloc_kw: float, rank: int, valid_until: str, epoch: int
+) -> bytes:
+    """Fast path for ``Alloc`` on the cycle's hot path (100k per cycle at scale).
+
+    Byte-for-byte what ``encode(Alloc(...))`` gives for the same values, without
+    building a model: ``cycle`` and ``valid_until`` are already ``format_utc``
+    strings. ``tests/contract`` checks both paths agree.
+    """
+    return orjson.dumps(
+        {
+            "v": 1,
+            "cycle": cycle,
+            "alloc_kw": alloc_kw,
+            "rank": rank,
+            "valid_until": valid_until,
+            "epoch": epoch,
+        }
+    )

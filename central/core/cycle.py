@@ -94,8 +94,8 @@ class Cycle:
 
     __slots__ = (
         "_closed_step",
-        "_decided",
         "_deadline_s",
+        "_decided",
         "_expected",
         "_pending",
         "_rank",

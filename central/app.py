@@ -1,0 +1,497 @@
+"""The live coordinator: wires the pure core to MQTT, the clock and the recorder.
+
+One queue, one consumer. The MQTT callback only enqueues ``(topic, payload,
+arrival)``; period boundaries and cycle timers enqueue events into the same
+queue. The consumer drains bursts, decodes them (bad input is counted and
+logged, never fatal), feeds replies to the core in arrival order, commits the
+burst's replies and decisions in one transaction, then publishes each
+``alloc/{s}``. So every decision is durable before its allocation leaves, and
+nothing runs concurrently with the core.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+import structlog
+
+from central import __version__
+from central.bus import MqttBus
+from central.clock import Clock, next_boundary
+from central.config import CentralSettings
+from central.core import Cycle, Offer, SiteBook, Step, get_strategy
+from central.core.cycle import LoadOffer
+from central.core.strategy import StrategyState
+from central.recorder import Recorder, ReplyRow
+from protocol import (
+    AdminSignalSet,
+    CoordinatorStatus,
+    CycleClosed,
+    CycleRequest,
+    Flex,
+    Limits,
+    NetLoad,
+    Rejection,
+    Report,
+    SiteStatus,
+    Topics,
+    decode,
+    encode,
+    encode_alloc,
+    format_utc,
+)
+from protocol.models import Ack
+from protocol.topics import TopicKind
+
+T = TypeVar("T")
+BURST_MAX = 20_000
+
+
+@dataclass(slots=True)
+class OpenCycle:
+    """The cycle in progress and what the shell needs around the core."""
+
+    cycle: Cycle
+    period_start: datetime
+    period_end: datetime
+    reply_by: datetime
+    request_mono: float
+    cycle_id: str
+    valid_until: str
+    timer: asyncio.TimerHandle | None = None
+    wakeup_s: float | None = None
+
+
+@dataclass
+class Stats:
+    """Counters of everything the coordinator received, refused and sent."""
+
+    received: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)
+    ignored: Counter[str] = field(default_factory=Counter)
+    cycles: int = 0
+    allocations: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "received": self.received,
+            "rejected": dict(self.rejected),
+            "ignored": dict(self.ignored),
+            "cycles": self.cycles,
+            "allocations": self.allocations,
+        }
+
+
+class Coordinator:
+    """One community's coordinator."""
+
+    def __init__(
+        self,
+        settings: CentralSettings,
+        clock: Clock,
+        *,
+        recorder: Recorder | None = None,
+        bus: MqttBus | None = None,
+    ) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.community = settings.community.id
+        self.topics = Topics(self.community, settings.community.topic_root)
+        self.limits = Limits(max_site_kw=settings.community.max_site_kw)
+        self.strategy = get_strategy(settings.cycle.strategy)
+        self.strategy_state: StrategyState = {}
+        self.sites = SiteBook(frozenset(settings.sites) if settings.sites is not None else None)
+        self.recorder = recorder or Recorder(settings.recorder.url)
+        self._db_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recorder")
+        self.epoch = self.recorder.next_epoch()
+        self.log = structlog.get_logger("central").bind(community=self.community)
+        status_topic = self.topics.coordinator_status()
+        offline = encode(CoordinatorStatus(state="offline", version=__version__, epoch=self.epoch))
+        self.bus = bus or MqttBus(
+            settings.mqtt,
+            settings.mqtt.client_id or f"ems-central-{self.community}",
+            will=(status_topic, offline, True),
+        )
+        self.queue: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
+        self.stats = Stats()
+        self.current: OpenCycle | None = None
+        self.closed_cycles: list[CycleClosed] = []
+        self._listeners: list[Callable[[str, Any], None]] = []
+        self._ready = asyncio.Event()
+
+    # Public --------------------------------------------------------------------
+    def add_listener(self, listener: Callable[[str, Any], None]) -> None:
+        """Called with ``(event, data)`` for ``cycle_opened``, ``allocation``, ``cycle_closed``."""
+        self._listeners.append(listener)
+
+    async def wait_ready(self) -> None:
+        await self._ready.wait()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Connect, announce, run cycles until ``stop`` is set, then leave cleanly."""
+        self.bus.set_sink(self._enqueue_message)
+        await self.bus.connect()
+        self.bus.subscribe(self.topics.coordinator_subscriptions())
+        self._publish_status("online")
+        self.log.info(
+            "coordinator_started",
+            epoch=self.epoch,
+            strategy=self.strategy.name,
+            period_s=self.settings.cycle.period_s,
+            version=__version__,
+        )
+        self._ready.set()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                consumer = tg.create_task(self._consume(), name="consumer")
+                scheduler = tg.create_task(self._schedule(), name="scheduler")
+                await stop.wait()
+                scheduler.cancel()
+                # Let the consumer finish what is queued, then stop it.
+                await self.queue.join()
+                consumer.cancel()
+        finally:
+            await self._shutdown()
+
+    async def start_cycle_now(self, period_start: datetime | None = None) -> None:
+        """Open a cycle at once (tests, operator command); normally the scheduler does it."""
+        at = period_start or self.clock.now()
+        await self.queue.put(("boundary", at))
+
+    # MQTT side -----------------------------------------------------------------
+    def _enqueue_message(self, topic: str, payload: bytes) -> None:
+        self.queue.put_nowait(("m", topic, payload, time.monotonic()))
+
+    # Scheduler -----------------------------------------------------------------
+    async def _schedule(self) -> None:
+        period = self.settings.cycle.period_s
+        while True:
+            boundary = next_boundary(self.clock.now(), period)
+            await self.clock.sleep_until(boundary)
+            await self.queue.put(("boundary", boundary))
+
+    def _post_tick(self, cycle_id: str) -> None:
+        self.queue.put_nowait(("tick", cycle_id))
+
+    # Consumer ------------------------------------------------------------------
+    async def _consume(self) -> None:
+        queue = self.queue
+        while True:
+            first = await queue.get()
+            batch = [first]
+            while len(batch) < BURST_MAX:
+                try:
+                    batch.append(queue.get_nowait())
+                except asyncio.QueueEmpty:
+                    break
+            try:
+                await self._handle_batch(batch)
+            except Exception:
+                # Nothing crashes the service: log with context and go on.
+                self.log.exception("batch_failed", size=len(batch))
+            finally:
+                for _ in batch:
+                    queue.task_done()
+
+    async def _handle_batch(self, batch: list[tuple[Any, ...]]) -> None:
+        offers: list[Offer] = []
+        for item in batch:
+            kind = item[0]
+            if kind == "m":
+                self.stats.received += 1
+                offer = self._handle_message(item[1], item[2], item[3])
+                if offer is not None:
+                    offers.append(offer)
+                continue
+            if offers:
+                await self._feed(offers)
+                offers = []
+            if kind == "boundary":
+                await self._open_cycle(item[1])
+            elif kind == "tick":
+                await self._tick(item[1])
+        if offers:
+            await self._feed(offers)
+
+    def _handle_message(self, topic: str, payload: bytes, arrived: float) -> Offer | None:
+        route = self.topics.parse(topic)
+        if route is None:
+            self._reject(topic, payload, Rejection("unknown_topic", "not a contract topic"))
+            return None
+        if route.site is not None and not self.sites.knows(route.site):
+            self._reject(topic, payload, Rejection("unknown_site", f"site {route.site!r}"))
+            return None
+        if route.kind not in _HANDLED:
+            # Our own publications echoed back, or topics for later features.
+            return None
+        msg = decode(route, payload, self.limits)
+        if isinstance(msg, Rejection):
+            self._reject(topic, payload, msg)
+            return None
+        site = route.site
+        if isinstance(msg, Flex):
+            assert site is not None
+            return self._offer_of(site, msg, arrived)
+        now = self.clock.now()
+        if isinstance(msg, NetLoad):
+            assert site is not None
+            self.sites.set_netload(site, msg.net_export_kw, now)
+        elif isinstance(msg, SiteStatus):
+            assert site is not None
+            online = msg.state == "online"
+            before = self.sites.get(site)
+            self.sites.set_status(site, online, now, msg.version, msg.loads)
+            if before is None or before.online != online:
+                self.log.info("site_status", site=site, state=msg.state, version=msg.version)
+        elif isinstance(msg, Report):
+            assert site is not None
+            asyncio.get_running_loop().create_task(self._record_report(site, msg, now))
+        elif isinstance(msg, AdminSignalSet):
+            self.stats.ignored["admin_not_supported"] += 1
+            self.log.warning("admin_command_ignored", topic=topic, reason="not supported yet")
+        return None
+
+    def _offer_of(self, site: str, msg: Flex, arrived: float) -> Offer:
+        current = self.current
+        elapsed = 0.0
+        if current is not None:
+            elapsed = self.clock_seconds(arrived - current.request_mono)
+        loads = tuple(
+            LoadOffer(
+                lf.id,
+                lf.min_kw,
+                lf.max_kw,
+                lf.kind,
+                lf.priority,
+                (lf.until - current.period_start).total_seconds()
+                if (lf.until is not None and current is not None)
+                else None,
+                lf.energy_kwh,
+            )
+            for lf in msg.loads
+        )
+        return Offer(site, msg.cycle, msg.flex_kw, elapsed, loads)
+
+    def clock_seconds(self, real_s: float) -> float:
+        return real_s * getattr(self.clock, "speed", 1.0)
+
+    def _reject(self, topic: str, payload: bytes, why: Rejection) -> None:
+        self.stats.rejected[why.reason] += 1
+        self.log.warning(
+            "payload_rejected",
+            topic=topic,
+            reason=why.reason,
+            detail=why.detail,
+            site=why.site,
+            excerpt=payload[:120].decode("utf-8", "replace"),
+        )
+
+    # Cycles --------------------------------------------------------------------
+    async def _open_cycle(self, period_start: datetime) -> None:
+        if self.current is not None and not self.current.cycle.closed:
+            # A cycle never outlives its period (reply_timeout_s < period_s).
+            await self._apply_step(self.current, self.current.cycle.close("deadline"))
+        cfg = self.settings.cycle
+        now = self.clock.now()
+        view = self.sites.surplus(now, cfg.netload_age_s)
+        online = self.sites.online_sites()
+        period_end = period_start + timedelta(seconds=cfg.period_s)
+        reply_by = now + timedelta(seconds=cfg.reply_timeout_s)
+        cycle, step = Cycle.open(
+            period_start,
+            round(view.surplus_kw, 6),
+            online,
+            self.strategy,
+            self.strategy_state,
+            deadline_s=cfg.reply_timeout_s,
+        )
+        cycle_id = format_utc(period_start)
+        oc = OpenCycle(
+            cycle, period_start, period_end, reply_by, time.monotonic(), cycle_id,
+            format_utc(period_end),
+        )
+        self.current = oc
+        self.stats.cycles += 1
+        await self._db(
+            self.recorder.open_cycle,
+            period_start,
+            self.community,
+            self.epoch,
+            self.strategy.name,
+            now,
+            view.surplus_kw,
+            len(online),
+            len(view.contributing),
+            reply_by if step.closed is None else None,
+        )
+        log = self.log.bind(cycle=cycle_id)
+        log.info(
+            "cycle_opened",
+            surplus_kw=round(view.surplus_kw, 3),
+            sites=len(online),
+            contributing=len(view.contributing),
+            stale=len(view.stale),
+        )
+        self._notify("cycle_opened", oc)
+        if step.closed is None:
+            request = CycleRequest(
+                cycle=period_start,
+                surplus_kw=round(view.surplus_kw, 6),
+                period_start=period_start,
+                period_end=period_end,
+                reply_by=reply_by,
+            )
+            self.bus.publish(self.topics.cycle_request(), encode(request))
+            log.info("request_published", reply_by=format_utc(reply_by))
+        await self._apply_step(oc, step)
+
+    async def _feed(self, offers: list[Offer]) -> None:
+        current = self.current
+        if current is None:
+            self.stats.ignored["no_cycle"] += len(offers)
+            return
+        step = current.cycle.offer_many(offers)
+        ignored = {id(i.offer): i.reason for i in step.ignored}
+        rows = [
+            ReplyRow(o.site, o.elapsed_s, o.flex_kw, ignored.get(id(o), "accepted")) for o in offers
+        ]
+        for i in step.ignored:
+            self.stats.ignored[i.reason] += 1
+            self.log.info("reply_ignored", site=i.offer.site, reason=i.reason,
+                          cycle=current.cycle_id)
+        await self._apply_step(current, step, rows)
+
+    async def _tick(self, cycle_id: str) -> None:
+        current = self.current
+        if current is None or current.cycle_id != cycle_id:
+            return
+        current.timer = None
+        current.wakeup_s = None
+        elapsed = self.clock_seconds(time.monotonic() - current.request_mono)
+        await self._apply_step(current, current.cycle.tick(elapsed))
+
+    async def _apply_step(
+        self, oc: OpenCycle, step: Step, rows: list[ReplyRow] | None = None
+    ) -> None:
+        """Record, then publish, what one step decided; close if it closed."""
+        if rows or step.decisions:
+            await self._db(self.recorder.record_step, oc.period_start, self.epoch,
+                           rows or [], step.decisions)
+        if step.decisions:
+            publish = self.bus.publish
+            alloc_topic = self.topics.alloc
+            epoch = self.epoch
+            for d in step.decisions:
+                publish(alloc_topic(d.site),
+                        encode_alloc(oc.cycle_id, d.alloc_kw, d.rank, oc.valid_until, epoch))
+            self.stats.allocations += len(step.decisions)
+            self._notify("allocations", (oc, step.decisions))
+        if step.closed is not None:
+            await self._close(oc, step.closed)
+        else:
+            self._arm_timer(oc)
+
+    def _arm_timer(self, oc: OpenCycle) -> None:
+        wake = oc.cycle.next_wakeup_s()
+        if wake is None or wake == oc.wakeup_s:
+            return
+        if oc.timer is not None:
+            oc.timer.cancel()
+        loop = asyncio.get_running_loop()
+        real = self.clock.real_seconds(wake)
+        oc.wakeup_s = wake
+        oc.timer = loop.call_at(
+            loop.time() + max(0.0, oc.request_mono + real - time.monotonic()),
+            self._post_tick,
+            oc.cycle_id,
+        )
+
+    async def _close(self, oc: OpenCycle, reason: str) -> None:
+        if oc.timer is not None:
+            oc.timer.cancel()
+            oc.timer = None
+        cycle = oc.cycle
+        now = self.clock.now()
+        await self._db(self.recorder.close_cycle, oc.period_start, reason, now,
+                       cycle.allocated_kw, cycle.replies)
+        closed = CycleClosed(
+            cycle=oc.period_start,
+            reason=reason,  # type: ignore[arg-type]
+            surplus_kw=cycle.context.surplus_kw,
+            allocated_kw=round(cycle.allocated_kw, 6),
+            replies=cycle.replies,
+            sites=len(cycle.context.sites),
+        )
+        self.bus.publish(self.topics.cycle_closed(), encode(closed), retain=True)
+        self.strategy_state = cycle.settle(self.strategy_state)
+        self.closed_cycles.append(closed)
+        del self.closed_cycles[:-100]
+        self.log.info(
+            "cycle_closed",
+            cycle=oc.cycle_id,
+            reason=reason,
+            surplus_kw=round(cycle.context.surplus_kw, 3),
+            allocated_kw=round(cycle.allocated_kw, 3),
+            replies=cycle.replies,
+            sites=len(cycle.context.sites),
+            elapsed_s=round(self.clock_seconds(time.monotonic() - oc.request_mono), 3),
+        )
+        self._notify("cycle_closed", (oc, closed))
+
+    # Reports -------------------------------------------------------------------
+    async def _record_report(self, site: str, msg: Report, now: datetime) -> None:
+        try:
+            acked = await self._db(
+                self.recorder.record_report, site, msg.seq, msg.period, msg.import_kwh,
+                msg.export_kwh, msg.allocated_kwh, msg.used_kwh, now,
+            )
+        except Exception:
+            self.log.exception("report_not_recorded", site=site, seq=msg.seq)
+            return
+        self.bus.publish(self.topics.ack(site), encode(Ack(seq=acked)))
+        self.log.info("report_recorded", site=site, seq=msg.seq, acked=acked)
+
+    # Plumbing ------------------------------------------------------------------
+    async def _db(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._db_thread, fn, *args)
+
+    def _publish_status(self, state: str) -> None:
+        status = CoordinatorStatus(state=state, version=__version__, epoch=self.epoch)  # type: ignore[arg-type]
+        self.bus.publish(self.topics.coordinator_status(), encode(status), retain=True)
+
+    def _notify(self, event: str, data: Any) -> None:
+        for listener in self._listeners:
+            try:
+                listener(event, data)
+            except Exception:
+                self.log.exception("listener_failed", listener_event=event)
+
+    async def _shutdown(self) -> None:
+        current = self.current
+        with contextlib.suppress(Exception):
+            if current is not None and not current.cycle.closed:
+                await self._apply_step(current, current.cycle.close("deadline"))
+        self._publish_status("offline")
+        await self.bus.disconnect()
+        self._db_thread.shutdown(wait=True)
+        self.recorder.close()
+        self.log.info("coordinator_stopped", **self.stats.as_dict())
+
+
+_HANDLED = frozenset(
+    {
+        TopicKind.SITE_STATUS,
+        TopicKind.NETLOAD,
+        TopicKind.FLEX,
+        TopicKind.REPORT,
+        TopicKind.ADMIN_SIGNAL_SET,
+    }
+)

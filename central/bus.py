@@ -1,0 +1,200 @@
+"""``MqttBus``: the coordinator's MQTT connection (gmqtt, asyncio).
+
+gmqtt is the fastest Python client measured here (reference/mqtt-performance.md:
+a 100k-reply cycle in about 5 s with orjson), but it has no outgoing queue:
+past 65,535 unacknowledged QoS 1 messages (or the broker's Receive Maximum)
+it raises ``OverflowError``. ``publish`` therefore never hands gmqtt more than
+``max_inflight`` unacknowledged messages; the rest wait in an ordered backlog
+that drains as PUBACKs come back. ``publish`` never blocks and never raises
+into a caller.
+
+Incoming messages are handed to a ``sink`` (the coordinator's queue) as
+``(topic, payload)``; the callback does nothing else, so it cannot block the
+network loop and an error in it is logged, counted and contained.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import gmqtt
+import structlog
+from gmqtt.mqtt.constants import MQTTv50, MQTTv311
+from gmqtt.storage import PersistentStorage
+
+from central.errors import BusError
+from protocol.settings import MqttSettings
+
+log = structlog.get_logger(__name__)
+
+Sink = Callable[[str, bytes], None]
+
+
+class _WindowStorage(PersistentStorage):  # type: ignore[misc]
+    """gmqtt's in-flight store that tells us when a PUBACK frees a slot."""
+
+    def __init__(self, on_free: Callable[[], None]) -> None:
+        super().__init__()
+        self._on_free = on_free
+
+    def __len__(self) -> int:
+        return len(self._messages)
+
+    def remove_message_by_mid(self, mid: int) -> None:
+        super().remove_message_by_mid(mid)
+        self._on_free()
+
+
+class MqttBus:
+    """One MQTT connection with a bounded in-flight window and a backlog."""
+
+    def __init__(
+        self,
+        settings: MqttSettings,
+        client_id: str,
+        *,
+        will: tuple[str, bytes, bool] | None = None,
+        clean_session: bool = True,
+    ) -> None:
+        self.settings = settings
+        self.client_id = client_id
+        self._window = settings.max_inflight
+        self._backlog: deque[tuple[str, bytes, int, bool]] = deque()
+        self._storage = _WindowStorage(self._drain_backlog)
+        will_message = gmqtt.Message(will[0], will[1], qos=1, retain=will[2]) if will else None
+        self._client = gmqtt.Client(
+            client_id,
+            clean_session=clean_session,
+            will_message=will_message,
+            persistent_storage=self._storage,
+            logger=None,
+        )
+        self._client.on_message = self._on_message
+        self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
+        self._sink: Sink | None = None
+        self._subscriptions: list[str] = []
+        self._connected = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.published = 0
+        self.callback_errors = 0
+
+    # Connection --------------------------------------------------------------
+    def set_sink(self, sink: Sink) -> None:
+        self._sink = sink
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    async def connect(self, timeout_s: float = 10.0) -> None:
+        s = self.settings
+        if s.username:
+            password = s.password.get_secret_value() if s.password else None
+            self._client.set_auth_credentials(s.username, password)
+        ssl_ctx: ssl.SSLContext | bool = False
+        if s.tls:
+            ssl_ctx = ssl.create_default_context(
+                cafile=str(s.ca_file) if s.ca_file else None
+            )
+            if s.cert_file:
+                ssl_ctx.load_cert_chain(str(s.cert_file), str(s.key_file) if s.key_file else None)
+        version = MQTTv50 if s.protocol == "5" else MQTTv311
+        self._client.set_config({"reconnect_retries": -1, "reconnect_delay": 2})
+        try:
+            await asyncio.wait_for(
+                self._client.connect(
+                    s.host, s.port, ssl=ssl_ctx, keepalive=s.keepalive_s, version=version
+                ),
+                timeout_s,
+            )
+        except (OSError, TimeoutError) as exc:
+            raise BusError(
+                f"cannot connect to MQTT broker {s.host}:{s.port}: {exc}", s.host, s.port
+            ) from exc
+        except Exception as exc:  # gmqtt raises its own errors for refused CONNACKs
+            raise BusError(
+                f"MQTT broker {s.host}:{s.port} refused the connection: {exc}", s.host, s.port
+            ) from exc
+
+    def subscribe(self, topics: list[str]) -> None:
+        self._subscriptions.extend(topics)
+        self._client.subscribe([gmqtt.Subscription(t, qos=1) for t in topics])
+
+    async def disconnect(self, drain_timeout_s: float = 5.0) -> None:
+        await self.drain(drain_timeout_s)
+        try:
+            await self._client.disconnect()
+        except Exception as exc:  # the connection may already be gone
+            log.warning("mqtt_disconnect_failed", error=str(exc))
+
+    # Callbacks (gmqtt's network loop) -------------------------------------------
+    def _on_connect(self, client: Any, flags: Any, rc: Any, properties: Any) -> None:
+        self._connected.set()
+        log.info("mqtt_connected", host=self.settings.host, port=self.settings.port,
+                 client_id=self.client_id)
+        self._drain_backlog()
+
+    def _on_disconnect(self, client: Any, packet: Any, exc: Any = None) -> None:
+        self._connected.clear()
+        log.warning("mqtt_disconnected", host=self.settings.host, port=self.settings.port,
+                    error=str(exc) if exc else None)
+
+    def _on_message(self, client: Any, topic: str, payload: bytes, qos: int, props: Any) -> int:
+        # Wrapped: an exception escaping here would reach gmqtt's loop.
+        try:
+            if self._sink is not None:
+                self._sink(topic, payload)
+        except Exception:
+            self.callback_errors += 1
+            log.exception("mqtt_callback_failed", topic=topic,
+                          payload=bytes(payload[:120]).decode("utf-8", "replace"))
+        return 0  # PUBACK reason code: success
+
+    # Publishing --------------------------------------------------------------
+    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
+        """Send now if the window allows, otherwise queue in order. Never blocks."""
+        if self._backlog or (qos > 0 and len(self._storage) >= self._window) or not self.connected:
+            self._backlog.append((topic, payload, qos, retain))
+            self._idle.clear()
+            return
+        self._send(topic, payload, qos, retain)
+
+    def _send(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
+        try:
+            self._client.publish(topic, payload, qos=qos, retain=retain)
+            self.published += 1
+        except Exception as exc:
+            log.error("mqtt_publish_failed", topic=topic, error=str(exc))
+
+    def _drain_backlog(self) -> None:
+        backlog = self._backlog
+        while backlog and self.connected and len(self._storage) < self._window:
+            self._send(*backlog.popleft())
+        if not backlog and len(self._storage) == 0:
+            self._idle.set()
+
+    @property
+    def pending(self) -> int:
+        """Messages not yet acknowledged by the broker (in flight + backlog)."""
+        return len(self._storage) + len(self._backlog)
+
+    async def drain(self, timeout_s: float = 30.0) -> bool:
+        """Wait until every published message is acknowledged; False on timeout."""
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while self.pending:
+            self._drain_backlog()
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                return False
+            self._idle.clear()
+            try:
+                await asyncio.wait_for(self._idle.wait(), min(remaining, 0.05))
+            except TimeoutError:
+                continue
+        return True

@@ -1,0 +1,358 @@
+"""The coordinator's records in SQLite: cycles, replies, decisions, reports.
+
+WAL with ``synchronous=FULL``: a committed decision survives a power cut
+(sqlite.org, "pragma synchronous": under NORMAL a WAL commit may roll back
+after a power loss). Every decision is committed before its ``alloc`` is
+published. Decisions that arrive together (one burst drained from the queue)
+share one transaction, so a 100k-reply cycle costs hundreds of fsyncs, not
+100k, without publishing anything before it is durable (group commit).
+
+Synchronous on purpose: the coordinator calls it from one dedicated thread
+(``asyncio`` never blocks on it); the ``ems`` tool calls it directly.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from central.core.cycle import Decision
+from central.errors import RecorderError
+from protocol.models import format_utc
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS cycles (
+        cycle TEXT PRIMARY KEY,
+        community TEXT NOT NULL,
+        epoch INTEGER NOT NULL,
+        strategy TEXT NOT NULL,
+        opened_at TEXT NOT NULL,
+        surplus_kw REAL NOT NULL,
+        sites INTEGER NOT NULL,
+        contributing INTEGER NOT NULL,
+        reply_by TEXT,
+        closed_at TEXT,
+        close_reason TEXT,
+        allocated_kw REAL,
+        replies INTEGER
+    )""",
+    """CREATE TABLE IF NOT EXISTS replies (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        cycle TEXT NOT NULL,
+        site TEXT NOT NULL,
+        arrival_s REAL NOT NULL,
+        flex_kw REAL NOT NULL,
+        outcome TEXT NOT NULL
+    )""",
+    """CREATE INDEX IF NOT EXISTS replies_cycle ON replies (cycle)""",
+    """CREATE TABLE IF NOT EXISTS decisions (
+        cycle TEXT NOT NULL,
+        site TEXT NOT NULL,
+        alloc_kw REAL NOT NULL,
+        rank INTEGER NOT NULL,
+        flex_kw REAL NOT NULL,
+        arrival_s REAL NOT NULL,
+        epoch INTEGER NOT NULL,
+        PRIMARY KEY (cycle, site)
+    )""",
+    """CREATE TABLE IF NOT EXISTS reports (
+        site TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        period TEXT NOT NULL,
+        import_kwh REAL NOT NULL,
+        export_kwh REAL NOT NULL,
+        allocated_kwh REAL NOT NULL,
+        used_kwh REAL NOT NULL,
+        received_at TEXT NOT NULL,
+        PRIMARY KEY (site, seq)
+    )""",
+    """CREATE TABLE IF NOT EXISTS report_acks (
+        site TEXT PRIMARY KEY,
+        acked_seq INTEGER NOT NULL
+    )""",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyRow:
+    """One reply as received: accepted, or ignored with its reason."""
+
+    site: str
+    arrival_s: float
+    flex_kw: float
+    outcome: str  # "accepted" or the reason it was ignored
+
+
+@dataclass(frozen=True, slots=True)
+class CycleRow:
+    """One recorded cycle."""
+
+    cycle: str
+    epoch: int
+    strategy: str
+    opened_at: str
+    surplus_kw: float
+    sites: int
+    contributing: int
+    reply_by: str | None
+    closed_at: str | None
+    close_reason: str | None
+    allocated_kw: float | None
+    replies: int | None
+
+
+def _path_of(url: str) -> Path:
+    return Path(url.removeprefix("sqlite:///"))
+
+
+class Recorder:
+    """SQLite records of one coordinator."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        path = _path_of(url)
+        try:
+            if str(path) != ":memory:":
+                path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA busy_timeout=5000")
+            with self._tx():
+                for stmt in _SCHEMA:
+                    self._db.execute(stmt)
+                self._db.execute(
+                    "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
+                    (str(SCHEMA_VERSION),),
+                )
+        except sqlite3.Error as exc:
+            raise RecorderError(f"cannot open records at {path}: {exc}", url) from exc
+
+    # Plumbing ----------------------------------------------------------------
+    def _tx(self) -> _Tx:
+        return _Tx(self._db, self.url)
+
+    def close(self) -> None:
+        self._db.close()
+
+    # Epoch -------------------------------------------------------------------
+    def next_epoch(self) -> int:
+        """Raise and return the coordinator's epoch (+1 per start)."""
+        with self._tx():
+            row = self._db.execute("SELECT value FROM meta WHERE key='epoch'").fetchone()
+            epoch = int(row[0]) + 1 if row else 1
+            self._db.execute(
+                "INSERT INTO meta(key, value) VALUES ('epoch', ?) "
+                "ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                (str(epoch),),
+            )
+        return epoch
+
+    # Cycles ------------------------------------------------------------------
+    def open_cycle(
+        self,
+        cycle: datetime,
+        community: str,
+        epoch: int,
+        strategy: str,
+        opened_at: datetime,
+        surplus_kw: float,
+        sites: int,
+        contributing: int,
+        reply_by: datetime | None,
+    ) -> None:
+        with self._tx():
+            self._db.execute(
+                "INSERT INTO cycles(cycle, community, epoch, strategy, opened_at, surplus_kw,"
+                " sites, contributing, reply_by) VALUES (?,?,?,?,?,?,?,?,?)"
+                " ON CONFLICT(cycle) DO UPDATE SET epoch=excluded.epoch,"
+                " opened_at=excluded.opened_at",
+                (
+                    format_utc(cycle),
+                    community,
+                    epoch,
+                    strategy,
+                    format_utc(opened_at),
+                    surplus_kw,
+                    sites,
+                    contributing,
+                    format_utc(reply_by) if reply_by else None,
+                ),
+            )
+
+    def record_step(
+        self,
+        cycle: datetime,
+        epoch: int,
+        replies: Sequence[ReplyRow],
+        decisions: Sequence[Decision],
+    ) -> None:
+        """Replies and decisions of one burst, in one transaction."""
+        if not replies and not decisions:
+            return
+        cid = format_utc(cycle)
+        with self._tx():
+            if replies:
+                self._db.executemany(
+                    "INSERT INTO replies(cycle, site, arrival_s, flex_kw, outcome)"
+                    " VALUES (?,?,?,?,?)",
+                    [(cid, r.site, r.arrival_s, r.flex_kw, r.outcome) for r in replies],
+                )
+            if decisions:
+                self._db.executemany(
+                    "INSERT OR IGNORE INTO decisions(cycle, site, alloc_kw, rank, flex_kw,"
+                    " arrival_s, epoch) VALUES (?,?,?,?,?,?,?)",
+                    [
+                        (cid, d.site, d.alloc_kw, d.rank, d.flex_kw, d.elapsed_s, epoch)
+                        for d in decisions
+                    ],
+                )
+
+    def close_cycle(
+        self,
+        cycle: datetime,
+        reason: str,
+        closed_at: datetime,
+        allocated_kw: float,
+        replies: int,
+    ) -> None:
+        with self._tx():
+            self._db.execute(
+                "UPDATE cycles SET closed_at=?, close_reason=?, allocated_kw=?, replies=?"
+                " WHERE cycle=?",
+                (format_utc(closed_at), reason, allocated_kw, replies, format_utc(cycle)),
+            )
+
+    def last_cycles(self, n: int) -> list[CycleRow]:
+        rows = self._db.execute(
+            "SELECT cycle, epoch, strategy, opened_at, surplus_kw, sites, contributing,"
+            " reply_by, closed_at, close_reason, allocated_kw, replies"
+            " FROM cycles ORDER BY cycle DESC LIMIT ?",
+            (n,),
+        ).fetchall()
+        return [CycleRow(*row) for row in reversed(rows)]
+
+    def decisions(self, cycle: str) -> list[Decision]:
+        rows = self._db.execute(
+            "SELECT site, alloc_kw, rank, flex_kw, arrival_s FROM decisions"
+            " WHERE cycle=? ORDER BY rank",
+            (cycle,),
+        ).fetchall()
+        return [Decision(*row) for row in rows]
+
+    def replies(self, cycle: str) -> list[ReplyRow]:
+        rows = self._db.execute(
+            "SELECT site, arrival_s, flex_kw, outcome FROM replies WHERE cycle=? ORDER BY id",
+            (cycle,),
+        ).fetchall()
+        return [ReplyRow(*row) for row in rows]
+
+    # Reports -----------------------------------------------------------------
+    def record_report(
+        self,
+        site: str,
+        seq: int,
+        period: datetime,
+        import_kwh: float,
+        export_kwh: float,
+        allocated_kwh: float,
+        used_kwh: float,
+        received_at: datetime,
+    ) -> int:
+        """Store a report once (idempotent by site and seq); return the site's acked seq.
+
+        The acked seq is the highest contiguous one, counted from the first
+        report ever seen from the site.
+        """
+        with self._tx():
+            self._db.execute(
+                "INSERT OR IGNORE INTO reports(site, seq, period, import_kwh, export_kwh,"
+                " allocated_kwh, used_kwh, received_at) VALUES (?,?,?,?,?,?,?,?)",
+                (
+                    site,
+                    seq,
+                    format_utc(period),
+                    import_kwh,
+                    export_kwh,
+                    allocated_kwh,
+                    used_kwh,
+                    format_utc(received_at),
+                ),
+            )
+            row = self._db.execute(
+                "SELECT acked_seq FROM report_acks WHERE site=?", (site,)
+            ).fetchone()
+            acked = int(row[0]) if row else seq - 1
+            while self._db.execute(
+                "SELECT 1 FROM reports WHERE site=? AND seq=?", (site, acked + 1)
+            ).fetchone():
+                acked += 1
+            self._db.execute(
+                "INSERT INTO report_acks(site, acked_seq) VALUES (?, ?)"
+                " ON CONFLICT(site) DO UPDATE SET acked_seq=excluded.acked_seq",
+                (site, acked),
+            )
+        return acked
+
+    def report_count(self, site: str | None = None) -> int:
+        if site is None:
+            return int(self._db.execute("SELECT COUNT(*) FROM reports").fetchone()[0])
+        return int(
+            self._db.execute("SELECT COUNT(*) FROM reports WHERE site=?", (site,)).fetchone()[0]
+        )
+
+
+class _Tx:
+    """``BEGIN IMMEDIATE`` … ``COMMIT``; rolls back and raises ``RecorderError`` on failure."""
+
+    __slots__ = ("_db", "_url")
+
+    def __init__(self, db: sqlite3.Connection, url: str) -> None:
+        self._db = db
+        self._url = url
+
+    def __enter__(self) -> None:
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise RecorderError(f"cannot begin a transaction: {exc}", self._url) from exc
+
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        if exc is None:
+            try:
+                self._db.execute("COMMIT")
+                return
+            except sqlite3.Error as err:
+                self._db.execute("ROLLBACK")
+                raise RecorderError(f"commit failed: {err}", self._url) from err
+        self._db.execute("ROLLBACK")
+        if isinstance(exc, sqlite3.Error):
+            raise RecorderError(f"write failed: {exc}", self._url) from exc
+
+
+def rows_to_table(rows: Iterable[CycleRow]) -> list[list[str]]:
+    """Cycle rows as strings for a terminal table."""
+    table = []
+    for r in rows:
+        share = (
+            f"{100 * (r.allocated_kw or 0) / r.surplus_kw:.1f}%" if r.surplus_kw > 0 else "-"
+        )
+        table.append(
+            [
+                r.cycle,
+                f"{r.surplus_kw:.2f}",
+                f"{(r.allocated_kw or 0):.2f}",
+                share,
+                f"{r.replies if r.replies is not None else '-'}/{r.sites}",
+                r.close_reason or "open",
+                r.strategy,
+                str(r.epoch),
+            ]
+        )
+    return table
