@@ -95,7 +95,6 @@ class Cycle:
     __slots__ = (
         "_closed_step",
         "_deadline_s",
-        "_decided",
         "_expected",
         "_pending",
         "_rank",
@@ -114,7 +113,6 @@ class Cycle:
         self._expected = context.sites
         self._deadline_s = context.deadline_s
         self._replied: set[str] = set()
-        self._decided: set[str] = set()
         self._pending: dict[str, tuple[Offer, int]] = {}
         self._rank = 0
         self.remaining_kw = max(context.surplus_kw, 0.0)
@@ -178,12 +176,85 @@ class Cycle:
         return step
 
     def offer_many(self, offers: Iterable[Offer]) -> Step:
-        """Feed several replies in arrival order (a burst drained from a queue)."""
+        """Feed several replies in arrival order (a burst drained from a queue).
+
+        Same rules as ``offer``, one call per burst: the loop keeps its state in
+        locals because this is the coordinator's hot path (100k replies a cycle
+        at scale).
+        """
         step = Step()
-        feed = self._feed
-        for offer in offers:
-            feed(offer, step)
+        if self.close_reason is not None or self._session is None:
+            step.ignored.extend(Ignored(o, "closed") for o in offers)
+            return step
+        cycle_id = self.context.cycle
+        replied = self._replied
+        expected = self._expected
+        n_expected = len(expected)
+        deadline = self._deadline_s
+        on_offer = self._session.on_offer
+        pending = self._pending
+        step_decisions = step.decisions
+        ignored = step.ignored
+        remaining = self.remaining_kw
+        allocated = self.allocated_kw
+        rank = self._rank
+        # tuple.__new__ skips NamedTuple's Python-level __new__: half the cost.
+        new_tuple = tuple.__new__
+        it = iter(offers)
+        for offer in it:
+            site, ocycle, flex, elapsed, _ = offer
+            if ocycle != cycle_id:
+                ignored.append(Ignored(offer, "stale"))
+                continue
+            if site in replied:
+                ignored.append(Ignored(offer, "duplicate"))
+                continue
+            if site not in expected:
+                ignored.append(Ignored(offer, "not_requested"))
+                continue
+            if elapsed >= deadline:
+                self._sync(remaining, allocated, rank, step_decisions)
+                self._close(CLOSE_DEADLINE, step)
+                ignored.append(Ignored(offer, "closed"))
+                ignored.extend(Ignored(o, "closed") for o in it)
+                return step
+            replied.add(site)
+            rank += 1
+            kw = on_offer(offer, rank, remaining)
+            if kw is None:
+                pending[site] = (offer, rank)
+            else:
+                # The contract, whatever the strategy said: 0 <= kw <= min(flex, remaining).
+                if kw > flex:
+                    kw = flex
+                if kw > remaining:
+                    kw = remaining
+                if not kw > 0.0:  # also catches NaN
+                    kw = 0.0
+                remaining -= kw
+                allocated += kw
+                step_decisions.append(new_tuple(Decision, (site, kw, rank, flex, elapsed)))
+            if remaining <= EPSILON_KW:
+                self._sync(remaining, allocated, rank, step_decisions)
+                self._close(CLOSE_EXHAUSTED, step)
+                ignored.extend(Ignored(o, "closed") for o in it)
+                return step
+            if len(replied) == n_expected:
+                self._sync(remaining, allocated, rank, step_decisions)
+                self._close(CLOSE_ALL_REPLIED, step)
+                ignored.extend(Ignored(o, "closed") for o in it)
+                return step
+        self._sync(remaining, allocated, rank, step_decisions)
         return step
+
+    def _sync(
+        self, remaining: float, allocated: float, rank: int, decided: list[Decision]
+    ) -> None:
+        # Write the hot loop's locals back before anything else reads them.
+        self.remaining_kw = remaining
+        self.allocated_kw = allocated
+        self._rank = rank
+        self.decisions.extend(decided)
 
     def tick(self, elapsed_s: float) -> Step:
         """Time has reached ``elapsed_s`` after the request: run timers, close at the deadline."""
@@ -253,7 +324,6 @@ class Cycle:
             kw = 0.0
         self.remaining_kw = remaining - kw
         self.allocated_kw += kw
-        self._decided.add(offer.site)
         decision = Decision(offer.site, kw, rank, offer.flex_kw, offer.elapsed_s)
         self.decisions.append(decision)
         step.decisions.append(decision)
