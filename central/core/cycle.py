@@ -98,8 +98,8 @@ class Cycle:
         "_expected",
         "_pending",
         "_rank",
-        "_replied",
         "_session",
+        "_waiting",
         "allocated_kw",
         "close_reason",
         "context",
@@ -112,7 +112,8 @@ class Cycle:
         self._session = session
         self._expected = context.sites
         self._deadline_s = context.deadline_s
-        self._replied: set[str] = set()
+        # Sites asked and not yet heard from: one set operation per reply.
+        self._waiting: set[str] = set(context.sites)
         self._pending: dict[str, tuple[Offer, int]] = {}
         self._rank = 0
         self.remaining_kw = max(context.surplus_kw, 0.0)
@@ -157,7 +158,7 @@ class Cycle:
 
     @property
     def replies(self) -> int:
-        return len(self._replied)
+        return len(self._expected) - len(self._waiting)
 
     def next_wakeup_s(self) -> float | None:
         """When the caller should call ``tick`` next (seconds after the request)."""
@@ -171,9 +172,7 @@ class Cycle:
     # Events ----------------------------------------------------------------
     def offer(self, offer: Offer) -> Step:
         """Feed one reply, in arrival order."""
-        step = Step()
-        self._feed(offer, step)
-        return step
+        return self.offer_many((offer,))
 
     def offer_many(self, offers: Iterable[Offer]) -> Step:
         """Feed several replies in arrival order (a burst drained from a queue).
@@ -187,16 +186,14 @@ class Cycle:
             step.ignored.extend(Ignored(o, "closed") for o in offers)
             return step
         cycle_id = self.context.cycle
-        replied = self._replied
+        waiting = self._waiting
         expected = self._expected
-        n_expected = len(expected)
         deadline = self._deadline_s
         on_offer = self._session.on_offer
         pending = self._pending
         step_decisions = step.decisions
         ignored = step.ignored
         remaining = self.remaining_kw
-        allocated = self.allocated_kw
         rank = self._rank
         # tuple.__new__ skips NamedTuple's Python-level __new__: half the cost.
         new_tuple = tuple.__new__
@@ -206,53 +203,41 @@ class Cycle:
             if ocycle != cycle_id:
                 ignored.append(Ignored(offer, "stale"))
                 continue
-            if site in replied:
-                ignored.append(Ignored(offer, "duplicate"))
-                continue
-            if site not in expected:
-                ignored.append(Ignored(offer, "not_requested"))
+            try:
+                waiting.remove(site)
+            except KeyError:
+                why = "duplicate" if site in expected else "not_requested"
+                ignored.append(Ignored(offer, why))
                 continue
             if elapsed >= deadline:
-                self._sync(remaining, allocated, rank, step_decisions)
+                waiting.add(site)  # it did not reply in time
+                self._sync(remaining, rank, step_decisions)
                 self._close(CLOSE_DEADLINE, step)
                 ignored.append(Ignored(offer, "closed"))
                 ignored.extend(Ignored(o, "closed") for o in it)
                 return step
-            replied.add(site)
             rank += 1
             kw = on_offer(offer, rank, remaining)
             if kw is None:
                 pending[site] = (offer, rank)
             else:
                 # The contract, whatever the strategy said: 0 <= kw <= min(flex, remaining).
-                if kw > flex:
-                    kw = flex
-                if kw > remaining:
-                    kw = remaining
-                if not kw > 0.0:  # also catches NaN
-                    kw = 0.0
+                if kw > flex or kw > remaining or not kw > 0.0:  # (not > 0 also catches NaN)
+                    kw = 0.0 if not kw > 0.0 else min(kw, flex, remaining)
                 remaining -= kw
-                allocated += kw
                 step_decisions.append(new_tuple(Decision, (site, kw, rank, flex, elapsed)))
-            if remaining <= EPSILON_KW:
-                self._sync(remaining, allocated, rank, step_decisions)
-                self._close(CLOSE_EXHAUSTED, step)
+            if remaining <= EPSILON_KW or not waiting:
+                self._sync(remaining, rank, step_decisions)
+                self._close(CLOSE_EXHAUSTED if remaining <= EPSILON_KW else CLOSE_ALL_REPLIED, step)
                 ignored.extend(Ignored(o, "closed") for o in it)
                 return step
-            if len(replied) == n_expected:
-                self._sync(remaining, allocated, rank, step_decisions)
-                self._close(CLOSE_ALL_REPLIED, step)
-                ignored.extend(Ignored(o, "closed") for o in it)
-                return step
-        self._sync(remaining, allocated, rank, step_decisions)
+        self._sync(remaining, rank, step_decisions)
         return step
 
-    def _sync(
-        self, remaining: float, allocated: float, rank: int, decided: list[Decision]
-    ) -> None:
+    def _sync(self, remaining: float, rank: int, decided: list[Decision]) -> None:
         # Write the hot loop's locals back before anything else reads them.
+        self.allocated_kw += self.remaining_kw - remaining
         self.remaining_kw = remaining
-        self.allocated_kw = allocated
         self._rank = rank
         self.decisions.extend(decided)
 
@@ -280,39 +265,6 @@ class Cycle:
         return step
 
     # Internals -------------------------------------------------------------
-    def _feed(self, offer: Offer, step: Step) -> None:
-        if self.close_reason is not None:
-            step.ignored.append(Ignored(offer, "closed"))
-            return
-        if offer.cycle != self.context.cycle:
-            step.ignored.append(Ignored(offer, "stale"))
-            return
-        site = offer.site
-        if site in self._replied:
-            step.ignored.append(Ignored(offer, "duplicate"))
-            return
-        if site not in self._expected:
-            step.ignored.append(Ignored(offer, "not_requested"))
-            return
-        if offer.elapsed_s >= self._deadline_s:
-            self._close(CLOSE_DEADLINE, step)
-            step.ignored.append(Ignored(offer, "closed"))
-            return
-        self._replied.add(site)
-        self._rank += 1
-        rank = self._rank
-        session = self._session
-        assert session is not None
-        kw = session.on_offer(offer, rank, self.remaining_kw)
-        if kw is None:
-            self._pending[site] = (offer, rank)
-        else:
-            self._decide(offer, rank, kw, step)
-        if self.remaining_kw <= EPSILON_KW:
-            self._close(CLOSE_EXHAUSTED, step)
-        elif len(self._replied) == len(self._expected):
-            self._close(CLOSE_ALL_REPLIED, step)
-
     def _decide(self, offer: Offer, rank: int, kw: float, step: Step) -> None:
         # The contract, whatever the strategy said: 0 <= kw <= min(offer, remaining).
         remaining = self.remaining_kw
@@ -344,7 +296,7 @@ class Cycle:
             return
         if self.remaining_kw <= EPSILON_KW:
             self._close(CLOSE_EXHAUSTED, step)
-        elif len(self._replied) == len(self._expected) and not self._pending:
+        elif not self._waiting and not self._pending:
             self._close(CLOSE_ALL_REPLIED, step)
 
     def _close(self, reason: str, step: Step) -> Step:
