@@ -82,6 +82,7 @@ class MqttBus:
         self._idle = asyncio.Event()
         self._idle.set()
         self.published = 0
+        self.failed = 0
         self.callback_errors = 0
 
     # Connection --------------------------------------------------------------
@@ -140,6 +141,17 @@ class MqttBus:
                  client_id=self.client_id)
         self._drain_backlog()
 
+    def _window_now(self) -> int:
+        # MQTT 5: the broker's Receive Maximum (mosquitto: max_inflight_messages,
+        # 20 by default) caps unacknowledged QoS 1 messages, and gmqtt raises
+        # OverflowError past it. gmqtt applies it after on_connect, so read it
+        # each time (less a margin for SUBSCRIBE packet ids).
+        try:
+            broker_max = int(self._client._package_handler.id_generator._max)
+        except (AttributeError, TypeError, ValueError):
+            broker_max = 65535
+        return max(1, min(self._window, broker_max - 4))
+
     def _on_disconnect(self, client: Any, packet: Any, exc: Any = None) -> None:
         self._connected.clear()
         log.warning("mqtt_disconnected", host=self.settings.host, port=self.settings.port,
@@ -159,23 +171,35 @@ class MqttBus:
     # Publishing --------------------------------------------------------------
     def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
         """Send now if the window allows, otherwise queue in order. Never blocks."""
-        if self._backlog or (qos > 0 and len(self._storage) >= self._window) or not self.connected:
+        if self._backlog or not self.connected or (
+            qos > 0 and len(self._storage) >= self._window_now()
+        ):
             self._backlog.append((topic, payload, qos, retain))
             self._idle.clear()
             return
-        self._send(topic, payload, qos, retain)
+        if not self._send(topic, payload, qos, retain):
+            self._backlog.append((topic, payload, qos, retain))
+            self._idle.clear()
 
-    def _send(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
+    def _send(self, topic: str, payload: bytes, qos: int, retain: bool) -> bool:
+        """Hand one message to gmqtt; False when it must wait (no packet id free)."""
         try:
             self._client.publish(topic, payload, qos=qos, retain=retain)
             self.published += 1
-        except Exception as exc:
+        except OverflowError:
+            return False
+        except Exception as exc:  # e.g. payload too large: retrying cannot help
+            self.failed += 1
             log.error("mqtt_publish_failed", topic=topic, error=str(exc))
+        return True
 
     def _drain_backlog(self) -> None:
         backlog = self._backlog
-        while backlog and self.connected and len(self._storage) < self._window:
-            self._send(*backlog.popleft())
+        window = self._window_now()
+        while backlog and self.connected and len(self._storage) < window:
+            if not self._send(*backlog[0]):
+                break  # keep it first in line; a PUBACK will call us again
+            backlog.popleft()
         if not backlog and len(self._storage) == 0:
             self._idle.set()
 

@@ -104,7 +104,13 @@ def decode_payload(
     site: str | None = None,
 ) -> Payload | Rejection:
     """Validate ``payload`` against ``model``; return the message or a ``Rejection``."""
-    raw = payload.encode() if isinstance(payload, str) else payload
+    if isinstance(payload, str):
+        try:
+            raw = payload.encode("utf-8")
+        except UnicodeEncodeError as exc:  # a lone surrogate cannot be UTF-8
+            return Rejection("malformed_json", f"not UTF-8: {exc.reason}", site=site)
+    else:
+        raw = payload
     if len(raw) > limits.max_payload_bytes:
         return Rejection(
             "oversized", f"{len(raw)} bytes > {limits.max_payload_bytes}", site=site
@@ -115,8 +121,9 @@ def decode_payload(
         return Rejection("malformed_json", str(exc)[:200], site=site)
     if not isinstance(data, dict):
         return Rejection("not_an_object", f"payload is a JSON {type(data).__name__}", site=site)
-    if data.get("v") != 1:
-        return Rejection("bad_version", f"v={data.get('v')!r}, expected 1", site=site)
+    version = data.get("v")
+    if type(version) is not int or version != 1:  # True == 1 in Python: refuse booleans
+        return Rejection("bad_version", f"v={version!r}, expected 1", site=site)
     if site is not None:
         for key in _SITE_KEYS:
             named = data.get(key)

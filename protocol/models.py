@@ -35,10 +35,9 @@ MAX_LIST = 256
 
 def format_utc(at: datetime) -> str:
     """ISO 8601 UTC with a ``Z`` and no fractional part when it is zero."""
-    at = at.astimezone(UTC)
-    if at.microsecond:
-        return at.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    return at.strftime("%Y-%m-%dT%H:%M:%SZ")
+    # isoformat pads the year to 4 digits (strftime's %Y does not on Linux)
+    # and writes microseconds only when there are some.
+    return at.astimezone(UTC).replace(tzinfo=None).isoformat() + "Z"
 
 
 def _utc(value: datetime) -> datetime:
