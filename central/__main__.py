@@ -12,7 +12,7 @@ import structlog
 
 from central import __version__
 from central.app import Coordinator
-from central.clock import make_clock
+from protocol.clock import make_clock
 from central.config import load_central_settings
 from central.errors import CentralError
 from protocol.logs import configure_logging

@@ -25,7 +25,7 @@ import structlog
 
 from central import __version__
 from central.bus import MqttBus
-from central.clock import Clock, next_boundary
+from protocol.clock import Clock, next_boundary
 from central.config import CentralSettings
 from central.core import Cycle, Offer, SiteBook, Step, get_strategy
 from central.core.cycle import LoadOffer

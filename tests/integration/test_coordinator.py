@@ -13,7 +13,7 @@ import pytest
 from simgw import Observer, SimGateway
 
 from central.app import Coordinator
-from central.clock import SystemClock
+from protocol.clock import SystemClock
 from central.config import CentralSettings, load_central_settings
 from central.recorder import Recorder
 from protocol import CycleRequest, Flex, Report, Topics, encode

@@ -1,4 +1,4 @@
-"""Clocks the coordinator runs on, behind one small ``Clock`` protocol.
+"""Clocks both services run on, behind one small ``Clock`` protocol.
 
 ``SystemClock`` is wall time. ``AcceleratedClock`` runs ``speed`` times faster
 from a chosen origin, so a demo or a test sees 15-minute periods every few
@@ -15,10 +15,14 @@ from typing import Protocol
 
 
 class Clock(Protocol):
-    """What the coordinator needs of time."""
+    """What the services need of time."""
 
     def now(self) -> datetime:
         """The current time, timezone-aware UTC."""
+        ...
+
+    def monotonic(self) -> float:
+        """Seconds that never jump back (timeouts, wear guard), at the clock's speed."""
         ...
 
     async def sleep_until(self, at: datetime) -> None:
@@ -35,6 +39,9 @@ class SystemClock:
 
     def now(self) -> datetime:
         return datetime.now(UTC)
+
+    def monotonic(self) -> float:
+        return time.monotonic()
 
     async def sleep_until(self, at: datetime) -> None:
         delay = (at - self.now()).total_seconds()
@@ -58,6 +65,9 @@ class AcceleratedClock:
     def now(self) -> datetime:
         elapsed = (time.monotonic() - self._mono0) * self.speed
         return self._origin + timedelta(seconds=elapsed)
+
+    def monotonic(self) -> float:
+        return time.monotonic() * self.speed
 
     async def sleep_until(self, at: datetime) -> None:
         delay = (at - self.now()).total_seconds() / self.speed

@@ -1,0 +1,430 @@
+"""The gateway service: wires devices, the local EMS and the community topics.
+
+paho's network thread only hands messages to this loop (``PahoBus``); handlers
+here are quick and synchronous; relay commands go through one queue to one
+worker, which awaits the device and reports failures back to the EMS. The
+EMS itself is pure (``gateway/ems``): every decision is taken there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from gateway import __version__
+from gateway.bus import PahoBus
+from gateway.config import GatewaySettings
+from gateway.devices.base import Device, NetMeter, Relay
+from gateway.devices.registry import build_device
+from gateway.ems import Command, LoadSpec, LocalEms
+from gateway.ems.ledger import PeriodLedger
+from gateway.errors import DeviceError
+from gateway.outbox import Outbox
+from protocol import (
+    Ack,
+    Alloc,
+    CoordinatorStatus,
+    CycleClosed,
+    CycleRequest,
+    Flex,
+    GridShed,
+    LoadFlex,
+    LoadState,
+    NetLoad,
+    Rejection,
+    Report,
+    SiteStatus,
+    Topics,
+    decode,
+    encode,
+)
+from protocol.clock import Clock, next_boundary
+from protocol.codec import Limits
+from protocol.models import Payload
+
+log = structlog.get_logger("gateway")
+
+
+def spec_of(load: Any) -> LoadSpec:
+    """The EMS's view of a configured load."""
+    return LoadSpec(
+        id=load.id,
+        kind=load.kind,
+        nominal_kw=load.nominal_kw,
+        min_kw=load.min_power_kw,
+        max_kw=load.max_power_kw,
+        min_on_s=load.min_on_s,
+        min_off_s=load.min_off_s,
+        max_starts_per_hour=load.max_starts_per_hour,
+        shed_level=load.shed_level,
+        priority=load.priority,
+        idle_below_kw=load.idle_below_kw,
+        capacity_kwh=load.capacity_kwh,
+        soc=load.soc,
+        soc_min=load.soc_min,
+        soc_max=load.soc_max,
+        departure=load.departure,
+        energy_need_kwh=load.energy_need_kwh,
+    )
+
+
+class Gateway:
+    """One home's gateway."""
+
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        clock: Clock,
+        *,
+        bus: PahoBus | None = None,
+        device_options: dict[str, dict[str, Any]] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.site = settings.site.id
+        self.community = settings.community.id
+        self.topics = Topics(self.community, settings.community.topic_root)
+        self.limits = Limits(max_site_kw=settings.community.max_site_kw)
+        self.log = log.bind(community=self.community, site=self.site)
+        offline = encode(SiteStatus(state="offline", version=__version__,
+                                    loads=tuple(ld.id for ld in settings.loads)))
+        self.bus = bus or PahoBus(
+            settings.mqtt,
+            settings.mqtt.client_id or f"ems-gw-{self.site}",
+            will=(self.topics.site_status(self.site), offline, True),
+        )
+        self.devices: dict[str, Device] = {}
+        for dev in settings.devices:
+            extra = (device_options or {}).get(dev.id, {})
+            self.devices[dev.id] = build_device(
+                dev, dev.model, self.bus, clock, self._on_device_change, **extra
+            )
+        self.relay_of_load: dict[str, Relay] = {}
+        self.load_of_relay: dict[str, str] = {}
+        for load in settings.loads:
+            device = self.devices[load.device]
+            wiring = getattr(device, "set_wiring", None)
+            if wiring is not None:
+                wiring(load.channel, load.energized_means)
+            relay = device.relays()[load.channel]
+            self.relay_of_load[load.id] = relay
+            self.load_of_relay[relay.relay_id] = load.id
+        self.net_meter: NetMeter | None = (
+            self.devices[settings.meter.device].net_meter() if settings.meter.device else None
+        )
+        self.ems = LocalEms(
+            [spec_of(ld) for ld in settings.loads],
+            response_check_s=settings.ems.response_check_s,
+            response_tolerance=settings.ems.response_tolerance,
+            unresponsive_hold_s=settings.ems.unresponsive_hold_s,
+            local_self_consumption=settings.ems.local_self_consumption,
+            max_flex_kw=settings.community.max_site_kw,
+        )
+        state_dir = Path(settings.state.dir)
+        self.outbox = Outbox(state_dir / f"outbox-{self.site}.sqlite")
+        self.commands: asyncio.Queue[Command] = asyncio.Queue()
+        self.coordinator_online = False
+        self.coordinator_heard_s: float | None = None
+        self.degraded = True
+        self.alloc_kw = 0.0
+        self.alloc_until_s: float | None = None
+        self.last_alloc: Alloc | None = None
+        self.shed: GridShed | None = None
+        self.rejected = 0
+        self._published_states: dict[str, tuple[Any, ...]] = {}
+        self._ledger: PeriodLedger | None = None
+        self._period_start: datetime | None = None
+        self._ready = asyncio.Event()
+
+    # Time helpers ------------------------------------------------------------------------
+    def now_s(self) -> float:
+        return self.clock.monotonic()
+
+    def to_s(self, at: datetime) -> float:
+        """A wall time in the EMS's (monotonic) seconds."""
+        return self.now_s() + (at - self.clock.now()).total_seconds()
+
+    # Lifecycle ---------------------------------------------------------------------------
+    async def wait_ready(self) -> None:
+        await self._ready.wait()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        t = self.topics
+        self.bus.on_reconnect = self._on_reconnect
+        handlers = {
+            t.cycle_request(): self._on_request,
+            t.alloc(self.site): self._on_alloc,
+            t.ack(self.site): self._on_ack,
+            t.cycle_closed(): self._on_closed,
+            t.coordinator_status(): self._on_coordinator_status,
+            t.grid_shed(): self._on_shed,
+        }
+        for topic, handler in handlers.items():
+            self.bus.subscribe(topic, self._guarded(handler))
+        await self.bus.connect()
+        for device in self.devices.values():
+            try:
+                await device.start()
+            except Exception:
+                self.log.exception("device_start_failed", device=device.device_id)
+        self._announce()
+        period = self.settings.ems.period_s
+        self._period_start = next_boundary(self.clock.now(), period) - timedelta(seconds=period)
+        self._ledger = PeriodLedger(self.to_s(self._period_start))
+        self.log.info("gateway_started", version=__version__, loads=len(self.relay_of_load),
+                      devices=len(self.devices))
+        self._ready.set()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tasks = [
+                    tg.create_task(self._worker(), name="commands"),
+                    tg.create_task(self._ticker(), name="ticker"),
+                    tg.create_task(self._netload_loop(), name="netload"),
+                ]
+                await stop.wait()
+                for task in tasks:
+                    task.cancel()
+        finally:
+            await self._shutdown()
+
+    async def _shutdown(self) -> None:
+        for device in self.devices.values():
+            with contextlib.suppress(Exception):
+                await device.stop()
+        status = SiteStatus(state="offline", version=__version__,
+                            loads=tuple(self.relay_of_load))
+        self.bus.publish(self.topics.site_status(self.site), encode(status), retain=True)
+        await asyncio.sleep(0.05)
+        await self.bus.disconnect()
+        self.outbox.close()
+        self.log.info("gateway_stopped")
+
+    def _announce(self) -> None:
+        status = SiteStatus(state="online", version=__version__, loads=tuple(self.relay_of_load))
+        self.bus.publish(self.topics.site_status(self.site), encode(status), retain=True)
+        self._published_states.clear()
+        self._publish_states()
+        self._send_netload()
+        for pending in self.outbox.pending():
+            self.bus.publish(self.topics.report(self.site), pending.payload)
+
+    def _on_reconnect(self) -> None:
+        if self._ready.is_set():
+            self._announce()
+
+    # Community messages ------------------------------------------------------------------
+    def _guarded(self, handler: Any) -> Any:
+        def run(topic: str, payload: bytes) -> None:
+            route = self.topics.parse(topic)
+            if route is None:
+                return
+            msg = decode(route, payload, self.limits)
+            if isinstance(msg, Rejection):
+                self.rejected += 1
+                self.log.warning("payload_rejected", topic=topic, reason=msg.reason,
+                                 detail=msg.detail,
+                                 excerpt=payload[:120].decode("utf-8", "replace"))
+                return
+            handler(msg)
+        return run
+
+    def _heard_coordinator(self) -> None:
+        self.coordinator_heard_s = self.now_s()
+
+    def _on_request(self, msg: Payload) -> None:
+        assert isinstance(msg, CycleRequest)
+        self._heard_coordinator()
+        now = self.clock.now()
+        offer = self.ems.flex(self.now_s(), now, self.to_s(msg.period_start))
+        reply = Flex(
+            cycle=msg.cycle,
+            flex_kw=offer.flex_kw,
+            loads=tuple(
+                LoadFlex(id=i.id, kind=i.kind, min_kw=i.min_kw, max_kw=i.max_kw,  # type: ignore[arg-type]
+                         priority=i.priority, until=i.until, energy_kwh=i.energy_kwh)
+                for i in offer.loads
+            ),
+        )
+        self.bus.publish(self.topics.flex(self.site), encode(reply))
+        self.log.info("flex_replied", cycle=msg.cycle.isoformat(), flex_kw=offer.flex_kw,
+                      loads=[i.id for i in offer.loads])
+
+    def _on_alloc(self, msg: Payload) -> None:
+        assert isinstance(msg, Alloc)
+        self._heard_coordinator()
+        result = self.ems.accept_allocation(
+            msg.cycle, msg.alloc_kw, msg.epoch, self.to_s(msg.valid_until),
+            self.now_s(), self.clock.now(),
+        )
+        if result.accepted:
+            self.last_alloc = msg
+            self.alloc_kw = msg.alloc_kw
+            self.alloc_until_s = self.to_s(msg.valid_until)
+            self._enqueue(result.commands)
+        self.log.info("allocation_received", cycle=msg.cycle.isoformat(), alloc_kw=msg.alloc_kw,
+                      rank=msg.rank, epoch=msg.epoch, accepted=result.accepted, why=result.why,
+                      loads=list(result.loads), used_kw=result.used_kw)
+        self._log_events()
+
+    def _on_ack(self, msg: Payload) -> None:
+        assert isinstance(msg, Ack)
+        removed = self.outbox.ack(msg.seq)
+        self.log.info("reports_acked", seq=msg.seq, removed=removed, pending=len(self.outbox))
+
+    def _on_closed(self, msg: Payload) -> None:
+        assert isinstance(msg, CycleClosed)
+        self._heard_coordinator()
+        self._enqueue(self.ems.cycle_closed(self.now_s()))
+
+    def _on_coordinator_status(self, msg: Payload) -> None:
+        assert isinstance(msg, CoordinatorStatus)
+        self.coordinator_online = msg.state == "online"
+        self.ems.highest_epoch = max(self.ems.highest_epoch, msg.epoch)
+        self._heard_coordinator()
+        self.log.info("coordinator_status", state=msg.state, epoch=msg.epoch)
+
+    def _on_shed(self, msg: Payload) -> None:
+        assert isinstance(msg, GridShed)
+        self.shed = msg
+        self._apply_grid_level()
+
+    def _apply_grid_level(self) -> None:
+        shed = self.shed
+        now = self.clock.now()
+        level = shed.level if shed is not None and shed.from_ <= now < shed.until else 0
+        if level != self.ems.grid_level:
+            self.log.info("grid_level", level=level)
+            self._enqueue(self.ems.set_grid_level(level, self.now_s()))
+
+    # Devices -----------------------------------------------------------------------------
+    def _on_device_change(self, relay_id: str) -> None:
+        load = self.load_of_relay.get(relay_id)
+        if load is None:
+            return
+        st = self.relay_of_load[load].state
+        self._enqueue(self.ems.observe(
+            load, self.now_s(), available=st.available, on=st.on,
+            power_kw=st.power_kw, energy_kwh=st.energy_kwh,
+        ))
+        self._publish_states()
+        self._log_events()
+
+    def _enqueue(self, commands: Any) -> None:
+        for command in commands:
+            self.commands.put_nowait(command)
+
+    async def _worker(self) -> None:
+        while True:
+            command = await self.commands.get()
+            relay = self.relay_of_load[command.load]
+            try:
+                await relay.set(command.on)
+                self.log.info("load_switched", load=command.load, on=command.on,
+                              reason=command.reason)
+            except DeviceError as exc:
+                self.ems.command_failed(command.load, command.on, self.now_s(), str(exc))
+                self.log.warning("load_switch_failed", load=command.load, on=command.on,
+                                 reason=command.reason, error=str(exc))
+            except Exception:
+                self.ems.command_failed(command.load, command.on, self.now_s(), "unexpected")
+                self.log.exception("load_switch_crashed", load=command.load)
+            self._publish_states()
+            self._log_events()
+
+    def _publish_states(self) -> None:
+        for view in self.ems.views(self.now_s()):
+            key = (view.on, view.reason, round(view.power_kw, 2), view.available)
+            if self._published_states.get(view.id) == key:
+                continue
+            self._published_states[view.id] = key
+            state = LoadState(on=view.on, power_kw=min(round(view.power_kw, 3),
+                                                       self.limits.max_site_kw),
+                              reason=view.reason)
+            self.bus.publish(self.topics.load_state(self.site, view.id), encode(state),
+                             retain=True)
+
+    def _log_events(self) -> None:
+        for name, fields in self.ems.drain_events():
+            self.log.info(name, **fields)
+
+    # Periodic work ---------------------------------------------------------------------
+    def net_export_kw(self) -> float | None:
+        return self.net_meter.net_export_kw if self.net_meter is not None else None
+
+    def _send_netload(self) -> None:
+        kw = self.net_export_kw()
+        if kw is None:
+            return
+        cap = self.limits.max_site_kw
+        msg = NetLoad(ts=self.clock.now(), net_export_kw=max(-cap, min(cap, kw)))
+        self.bus.publish(self.topics.netload(self.site), encode(msg))
+
+    async def _netload_loop(self) -> None:
+        interval = self.clock_real(self.settings.ems.netload_interval_s)
+        while True:
+            await asyncio.sleep(interval)
+            self._send_netload()
+
+    def clock_real(self, clock_s: float) -> float:
+        return self.clock.real_seconds(clock_s)
+
+    async def _ticker(self) -> None:
+        period = self.settings.ems.period_s
+        step = min(1.0, self.clock_real(max(period / 60.0, 0.05)))
+        silence = self.settings.ems.coordinator_silence_s or 1.5 * period
+        while True:
+            await asyncio.sleep(step)
+            now_s = self.now_s()
+            now = self.clock.now()
+            self._apply_grid_level()
+            net = self.net_export_kw()
+            self._enqueue(self.ems.tick(now_s, net))
+            if self.alloc_until_s is not None and now_s >= self.alloc_until_s:
+                self.alloc_kw = 0.0
+                self.alloc_until_s = None
+            used = sum(v.power_kw for v in self.ems.views(now_s) if v.reason == "allocation")
+            if self._ledger is not None:
+                self._ledger.sample(now_s, net, used, self.alloc_kw)
+            heard = self.coordinator_heard_s
+            degraded = not self.coordinator_online or heard is None or now_s - heard > silence
+            if degraded != self.degraded:
+                self.degraded = degraded
+                self.log.warning("degraded" if degraded else "coordinated",
+                                 coordinator_online=self.coordinator_online)
+            if self._period_start is not None and now >= self._period_start + timedelta(
+                seconds=period
+            ):
+                self._close_period(now_s)
+            self._publish_states()
+            self._log_events()
+
+    def _close_period(self, now_s: float) -> None:
+        assert self._ledger is not None and self._period_start is not None
+        ledger = self._ledger
+        period_start = self._period_start
+        self._ledger = ledger.close(now_s)
+        self._period_start = period_start + timedelta(seconds=self.settings.ems.period_s)
+
+        def build(seq: int) -> bytes:
+            return encode(Report(
+                seq=seq, period=period_start,
+                import_kwh=round(ledger.import_kwh, 6), export_kwh=round(ledger.export_kwh, 6),
+                allocated_kwh=round(ledger.allocated_kwh, 6), used_kwh=round(ledger.used_kwh, 6),
+            ))
+
+        pending = self.outbox.add(build)
+        self.bus.publish(self.topics.report(self.site), pending.payload)
+        self.log.info("report_sent", seq=pending.seq, period=period_start.isoformat(),
+                      import_kwh=round(ledger.import_kwh, 3),
+                      export_kwh=round(ledger.export_kwh, 3),
+                      allocated_kwh=round(ledger.allocated_kwh, 3),
+                      used_kwh=round(ledger.used_kwh, 3))
+        # Resend what the coordinator has not acknowledged yet.
+        for old in self.outbox.pending():
+            if old.seq != pending.seq:
+                self.bus.publish(self.topics.report(self.site), old.payload)

@@ -1,0 +1,250 @@
+"""The gateway's configuration (docs/configuration.md, "Gateway").
+
+TOML validated by pydantic, every key also settable as ``EMS_<SECTION>__<KEY>``;
+unknown keys are errors; each device's ``profile`` must name a file under
+``firmware_profiles/`` and each load's ``device`` a configured device with
+that channel.
+"""
+
+from __future__ import annotations
+
+from datetime import time
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from gateway.errors import ProfileError
+from gateway.profiles import (
+    GenericMqttMeter,
+    PhidgetDigitalOutput,
+    Profile,
+    ShellyGen1Meter,
+    ShellyGen2Meter,
+    SwitchProfile,
+    get_profile,
+)
+from protocol.ids import validate_id
+from protocol.settings import (
+    CommunitySettings,
+    LogSettings,
+    MqttSettings,
+    Section,
+    ServiceSettings,
+    load_settings,
+)
+
+LoadKind = Literal["water_heater", "heat_pump", "ev_charger", "battery", "generic"]
+
+
+class SiteSettings(Section):
+    """``[site]``: this home."""
+
+    id: str
+    name: str | None = None
+
+    @field_validator("id")
+    @classmethod
+    def _valid(cls, value: str) -> str:
+        return validate_id(value, "site id")
+
+
+class DeviceSettings(Section):
+    """``[[devices]]``: one physical device, its model and how to reach it."""
+
+    id: str
+    profile: str = Field(description="e.g. shelly/plus-plug-s, phidget/1017")
+    # Shelly: Gen1 device id (shellies/<id>/…) or Gen2 topic prefix (<prefix>/rpc)
+    prefix: str | None = None
+    # Phidget: the board's serial number (the 1017 has no hub port)
+    serial: int | None = Field(default=None, ge=0)
+    open_timeout_ms: int = Field(default=5000, ge=100, le=60_000)
+    retry_s: float = Field(default=30.0, gt=0, le=3600)
+    command_timeout_s: float = Field(default=5.0, gt=0, le=60)
+    # generic MQTT meter
+    topic: str | None = None
+    field: str | None = Field(
+        default=None, description="dot path in a JSON payload; none = plain number"
+    )
+    unit: Literal["W", "kW"] = "W"
+    sign: Literal["export_positive", "import_positive"] = "import_positive"
+    # meters with several channels (Shelly EM): which one is the grid connection
+    channel: int = Field(default=0, ge=0, le=63)
+
+    @field_validator("id")
+    @classmethod
+    def _valid(cls, value: str) -> str:
+        return validate_id(value, "device id")
+
+    @property
+    def model(self) -> Profile:
+        return get_profile(self.profile)
+
+    @model_validator(mode="after")
+    def _options_fit_profile(self) -> DeviceSettings:
+        try:
+            profile = get_profile(self.profile)
+        except ProfileError as exc:
+            raise ValueError(str(exc)) from None
+        if isinstance(profile, PhidgetDigitalOutput):
+            pass  # serial optional: without it, the first board found is used
+        elif isinstance(profile, GenericMqttMeter):
+            if not self.topic:
+                raise ValueError(f"device {self.id}: a generic meter needs 'topic'")
+        elif not self.prefix:
+            raise ValueError(f"device {self.id}: a Shelly device needs 'prefix' (its MQTT id)")
+        return self
+
+
+class LoadSettings(Section):
+    """``[[loads]]``: one flexible load behind a relay channel."""
+
+    id: str
+    kind: LoadKind = "generic"
+    name: str | None = None
+    device: str
+    channel: int = Field(default=0, ge=0, le=63)
+    nominal_kw: float = Field(gt=0, le=50)
+    min_kw: float | None = Field(default=None, ge=0, le=50)
+    max_kw: float | None = Field(default=None, gt=0, le=50)
+    min_on_s: float = Field(default=300, ge=0, le=86_400)
+    min_off_s: float = Field(default=300, ge=0, le=86_400)
+    max_starts_per_hour: int = Field(default=6, ge=1, le=60)
+    shed_level: int | None = Field(default=2, ge=1, le=3, description="cut from this grid level")
+    priority: int = Field(default=0, ge=0, le=1000)
+    energized_means: Literal["on", "off"] = "on"
+    # Below this measured power a load that is on draws nothing (thermostat satisfied).
+    idle_below_kw: float = Field(default=0.05, ge=0, le=5)
+    # EV charger
+    capacity_kwh: float | None = Field(default=None, gt=0, le=200)
+    soc: float | None = Field(default=None, ge=0, le=1, description="state of charge now, if known")
+    soc_min: float = Field(default=0.2, ge=0, le=1)
+    soc_max: float = Field(default=0.8, ge=0, le=1)
+    departure: time | None = None
+    energy_need_kwh: float | None = Field(default=None, ge=0, le=500)
+
+    @field_validator("id")
+    @classmethod
+    def _valid(cls, value: str) -> str:
+        return validate_id(value, "load id")
+
+    @model_validator(mode="after")
+    def _powers(self) -> LoadSettings:
+        lo = self.min_kw if self.min_kw is not None else self.nominal_kw
+        hi = self.max_kw if self.max_kw is not None else self.nominal_kw
+        if lo > hi:
+            raise ValueError(f"load {self.id}: min_kw {lo} exceeds max_kw {hi}")
+        if self.soc_min > self.soc_max:
+            raise ValueError(f"load {self.id}: soc_min exceeds soc_max")
+        return self
+
+    @property
+    def min_power_kw(self) -> float:
+        return self.min_kw if self.min_kw is not None else self.nominal_kw
+
+    @property
+    def max_power_kw(self) -> float:
+        return self.max_kw if self.max_kw is not None else self.nominal_kw
+
+
+class MeterSettings(Section):
+    """``[meter]``: where the home's net load comes from: a device with a grid meter."""
+
+    device: str | None = None
+
+
+class EmsSettings(Section):
+    """``[ems]``: the home's local energy management."""
+
+    period_s: float = Field(default=900, ge=1, le=86_400)
+    netload_interval_s: float = Field(default=60, ge=1, le=3600)
+    response_check_s: float = Field(default=10, gt=0, le=600)
+    response_tolerance: float = Field(default=0.5, gt=0, le=1)
+    unresponsive_hold_s: float = Field(default=3600, ge=0, le=86_400)
+    local_self_consumption: bool = True
+    coordinator_silence_s: float | None = Field(default=None, gt=0)
+
+
+class HomeAssistantSettings(Section):
+    """``[homeassistant]``: MQTT discovery."""
+
+    enabled: bool = True
+    discovery_prefix: str = "homeassistant"
+
+
+class StateSettings(Section):
+    """``[state]``: where the gateway keeps what must survive a restart."""
+
+    dir: Path = Path("/var/lib/ems-gateway")
+
+
+class ClockSettings(Section):
+    """``[clock]``: ``speed`` > 1 for demos and tests only."""
+
+    speed: float = Field(default=1.0, gt=0, le=100_000)
+
+
+class GatewaySettings(ServiceSettings):
+    """Everything ``ems-gateway`` reads."""
+
+    mqtt: MqttSettings = MqttSettings()
+    community: CommunitySettings
+    site: SiteSettings
+    meter: MeterSettings = MeterSettings()
+    devices: list[DeviceSettings] = Field(default_factory=list)
+    loads: list[LoadSettings] = Field(default_factory=list)
+    ems: EmsSettings = EmsSettings()
+    homeassistant: HomeAssistantSettings = HomeAssistantSettings()
+    state: StateSettings = StateSettings()
+    clock: ClockSettings = ClockSettings()
+    log: LogSettings = LogSettings()
+
+    @model_validator(mode="after")
+    def _references(self) -> GatewaySettings:
+        devices = {}
+        for d in self.devices:
+            if d.id in devices:
+                raise ValueError(f"device id {d.id!r} is used twice")
+            devices[d.id] = d
+        seen: dict[tuple[str, int], str] = {}
+        load_ids = set()
+        for load in self.loads:
+            if load.id in load_ids:
+                raise ValueError(f"load id {load.id!r} is used twice")
+            load_ids.add(load.id)
+            dev = devices.get(load.device)
+            if dev is None:
+                raise ValueError(f"load {load.id}: unknown device {load.device!r}")
+            profile = dev.model
+            if not isinstance(profile, SwitchProfile):
+                raise ValueError(f"load {load.id}: device {dev.id} has no relay ({profile.name})")
+            if load.channel >= profile.channels:
+                raise ValueError(
+                    f"load {load.id}: channel {load.channel} out of range for "
+                    f"{profile.name} (0..{profile.channels - 1})"
+                )
+            if load.max_power_kw > profile.max_power_kw:
+                raise ValueError(
+                    f"load {load.id}: max {load.max_power_kw} kW exceeds the "
+                    f"{profile.name}'s rating of {profile.max_power_kw} kW"
+                )
+            key = (load.device, load.channel)
+            if key in seen:
+                raise ValueError(
+                    f"loads {seen[key]} and {load.id} share {dev.id} channel {load.channel}"
+                )
+            seen[key] = load.id
+        if self.meter.device is not None:
+            dev = devices.get(self.meter.device)
+            if dev is None:
+                raise ValueError(f"[meter] device {self.meter.device!r} is not configured")
+            if not isinstance(dev.model, ShellyGen1Meter | ShellyGen2Meter | GenericMqttMeter):
+                raise ValueError(f"[meter] device {dev.id} is not a meter ({dev.model.name})")
+        return self
+
+
+def load_gateway_settings(
+    path: Path | str | None, env: dict[str, str] | None = None, **overrides: Any
+) -> GatewaySettings:
+    """Load and validate the gateway's settings (raises ``ConfigError``)."""
+    return load_settings(GatewaySettings, path, env=env, overrides=overrides)

@@ -1,0 +1,407 @@
+"""``LocalEms``: the home's decisions, by precedence, under the wear guard.
+
+Each load's desired state follows one precedence (PROTOCOL.md, "Grid level"):
+the resident's manual command > shedding > the coordinator's allocation >
+local self-consumption > idle. ``_reconcile`` turns desired states into relay
+commands, only where the wear guard allows (``gateway/ems/guard.py``), and
+records them. Nothing here reads a clock or talks to a device: the service
+passes ``now_s`` (monotonic-consistent seconds) and the wall time where a
+deadline needs it, and executes the returned ``Command``s.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from gateway.ems.guard import WearGuard
+from gateway.ems.loads import LoadRuntime, LoadSpec, Mode, Reason
+from gateway.ems.plan import Candidate, choose_loads
+
+LOCAL_MARGIN_KW = 0.1
+# A report contradicting our own command this soon after it is the device
+# catching up, not the resident pressing its button.
+SETTLE_S = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """Switch ``load`` on or off, and why."""
+
+    load: str
+    on: bool
+    reason: Reason
+
+
+@dataclass(frozen=True, slots=True)
+class LoadFlexInfo:
+    """One load behind a flex reply (the ``loads`` items of PROTOCOL.md)."""
+
+    id: str
+    kind: str
+    min_kw: float
+    max_kw: float
+    priority: int | None = None
+    until: datetime | None = None
+    energy_kwh: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FlexOffer:
+    """What the home can absorb for the next period."""
+
+    flex_kw: float
+    loads: tuple[LoadFlexInfo, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class LoadView:
+    """A load's state for publishing (``load/{l}/state``, Home Assistant)."""
+
+    id: str
+    on: bool
+    reason: Reason
+    mode: Mode
+    available: bool
+    power_kw: float
+    unresponsive: bool
+
+
+@dataclass(frozen=True, slots=True)
+class AllocationResult:
+    """What became of an ``alloc``: applied (with the loads chosen) or refused, and why."""
+
+    accepted: bool
+    why: str
+    loads: tuple[str, ...] = ()
+    used_kw: float = 0.0
+    commands: tuple[Command, ...] = ()
+
+
+class LocalEms:
+    """The local EMS of one home."""
+
+    def __init__(
+        self,
+        specs: Sequence[LoadSpec],
+        *,
+        response_check_s: float = 10.0,
+        response_tolerance: float = 0.5,
+        unresponsive_hold_s: float = 3600.0,
+        local_self_consumption: bool = True,
+        max_flex_kw: float = 50.0,
+        continue_grace_s: float = 120.0,
+    ) -> None:
+        self.specs = {s.id: s for s in specs}
+        self.rt = {s.id: LoadRuntime() for s in specs}
+        self.response_check_s = response_check_s
+        self.response_tolerance = response_tolerance
+        self.unresponsive_hold_s = unresponsive_hold_s
+        self.local_self_consumption = local_self_consumption
+        self.max_flex_kw = max_flex_kw
+        self.continue_grace_s = continue_grace_s
+        self._continuing: dict[str, float] = {}
+        self.grid_level = 0
+        self.highest_epoch = 0
+        self._applied: deque[Any] = deque(maxlen=32)
+        self._local_on: set[str] = set()
+        self._commanded_at: dict[str, float] = {}
+        self.events: list[tuple[str, dict[str, Any]]] = []
+        self.allocation: AllocationResult | None = None
+
+    # Inputs from devices ---------------------------------------------------------
+    def observe(
+        self,
+        load: str,
+        now_s: float,
+        *,
+        available: bool | None = None,
+        on: bool | None = None,
+        power_kw: float | None = None,
+        energy_kwh: float | None = None,
+    ) -> list[Command]:
+        """A device reported on a load's channel; returns the commands this implies."""
+        spec = self.specs[load]
+        rt = self.rt[load]
+        if available is not None and available != rt.available:
+            rt.available = available
+            self._event("load_available" if available else "load_unavailable", load)
+        if power_kw is not None:
+            rt.measured_kw = power_kw
+        if energy_kwh is not None:
+            rt.energy_kwh = energy_kwh
+        if on is not None and on != rt.on:
+            recent = now_s - self._commanded_at.get(load, float("-inf")) < SETTLE_S
+            if not recent:
+                # Someone switched it at the device (its button, its own app):
+                # the resident's choice wins until they give control back.
+                rt.mode = "force_on" if on else "force_off"
+                self._event("load_switched_at_device", load, on=on)
+            rt.on = on
+            rt.last_change_s = now_s
+            if on:
+                rt.starts.append(now_s)
+        del spec
+        return self._reconcile(now_s)
+
+    def command_failed(self, load: str, on: bool, now_s: float, error: str) -> None:
+        """A command could not be executed: believe the device kept its state."""
+        rt = self.rt[load]
+        if rt.on == on:
+            rt.on = not on
+            if on and rt.starts:
+                rt.starts.pop()
+        rt.check_at_s = None
+        self._event("command_failed", load, on=on, error=error)
+
+    # Inputs from the resident and the grid ----------------------------------------
+    def set_mode(self, load: str, mode: Mode, now_s: float) -> list[Command]:
+        """Manual control from Home Assistant: force on, force off, or back to auto."""
+        self.rt[load].mode = mode
+        return self._reconcile(now_s)
+
+    def set_grid_level(self, level: int, now_s: float) -> list[Command]:
+        """The grid level now (0-3); loads whose shed level it reaches are cut."""
+        self.grid_level = level
+        return self._reconcile(now_s)
+
+    # The coordinator ---------------------------------------------------------------
+    def flex(self, now_s: float, now: datetime, period_start_s: float | None = None) -> FlexOffer:
+        """What the home can absorb for the period starting at ``period_start_s``."""
+        infos = []
+        total = 0.0
+        for spec, rt in self._offerable(now_s, period_start_s):
+            if rt.on:
+                # Offered to continue: hold it on until this cycle's alloc says.
+                self._continuing[spec.id] = now_s + self.continue_grace_s
+            until = spec.next_departure(now)
+            infos.append(
+                LoadFlexInfo(
+                    spec.id, spec.kind, spec.min_kw, spec.max_kw, spec.priority, until,
+                    spec.energy_need(),
+                )
+            )
+            total += spec.run_kw
+        return FlexOffer(min(round(total, 6), self.max_flex_kw), tuple(infos))
+
+    def accept_allocation(
+        self,
+        cycle: Any,
+        alloc_kw: float,
+        epoch: int,
+        valid_until_s: float,
+        now_s: float,
+        now: datetime,
+    ) -> AllocationResult:
+        """Apply an ``alloc`` (at most one per cycle, never from an older epoch or expired)."""
+        if epoch < self.highest_epoch:
+            return self._refuse("old_epoch", cycle)
+        if valid_until_s <= now_s:
+            return self._refuse("expired", cycle)
+        if cycle in self._applied:
+            return self._refuse("duplicate", cycle)
+        self.highest_epoch = max(self.highest_epoch, epoch)
+        self._applied.append(cycle)
+        candidates = []
+        for spec, _rt in self._offerable(now_s, valid_until_s):
+            until = spec.next_departure(now)
+            candidates.append(
+                Candidate(
+                    spec.id, spec.run_kw, spec.priority,
+                    (until - now).total_seconds() if until is not None else None,
+                )
+            )
+        chosen = choose_loads(candidates, alloc_kw)
+        chosen_ids = {c.id for c in chosen}
+        for load in self._continuing:
+            if load not in chosen_ids and self.rt[load].allocated_until_s is not None:
+                self.rt[load].allocated_until_s = min(self.rt[load].allocated_until_s or now_s,
+                                                      now_s)
+        self._continuing.clear()
+        for c in chosen:
+            self.rt[c.id].allocated_until_s = valid_until_s
+            self._local_on.discard(c.id)
+        commands = self._reconcile(now_s)
+        result = AllocationResult(
+            True, "applied", tuple(c.id for c in chosen),
+            round(sum(c.kw for c in chosen), 6), tuple(commands),
+        )
+        self.allocation = result
+        self._event("allocation_applied", None, cycle=str(cycle), alloc_kw=alloc_kw,
+                    loads=list(result.loads), used_kw=result.used_kw)
+        return result
+
+    def cycle_closed(self, now_s: float) -> list[Command]:
+        """The cycle is over: loads offered to continue and not allocated may stop."""
+        self._continuing.clear()
+        return self._reconcile(now_s)
+
+    # Time ------------------------------------------------------------------------------
+    def tick(self, now_s: float, net_export_kw: float | None) -> list[Command]:
+        """Periodic work: allocation expiry, response checks, local self-consumption."""
+        for load in [ld for ld, until in self._continuing.items() if now_s >= until]:
+            del self._continuing[load]
+        for load, rt in self.rt.items():
+            if (
+                rt.allocated_until_s is not None
+                and now_s >= rt.allocated_until_s
+                and load not in self._continuing
+            ):
+                rt.allocated_until_s = None
+            if rt.check_at_s is not None and now_s >= rt.check_at_s:
+                rt.check_at_s = None
+                self._check_response(load, rt, now_s)
+            if rt.unresponsive_until_s is not None and now_s >= rt.unresponsive_until_s:
+                rt.unresponsive_until_s = None
+        self._plan_local(now_s, net_export_kw)
+        return self._reconcile(now_s)
+
+    # Views -----------------------------------------------------------------------------
+    def views(self, now_s: float) -> list[LoadView]:
+        out = []
+        for load, rt in self.rt.items():
+            spec = self.specs[load]
+            power = rt.measured_kw if rt.measured_kw is not None else (
+                spec.run_kw if rt.on else 0.0
+            )
+            out.append(
+                LoadView(load, rt.on, rt.reason, rt.mode, rt.available, max(power, 0.0),
+                         rt.unresponsive_until_s is not None and now_s < rt.unresponsive_until_s)
+            )
+        return out
+
+    def drain_events(self) -> list[tuple[str, dict[str, Any]]]:
+        events, self.events = self.events, []
+        return events
+
+    # Internals ---------------------------------------------------------------------------
+    def _offerable(
+        self, now_s: float, period_start_s: float | None
+    ) -> list[tuple[LoadSpec, LoadRuntime]]:
+        """Loads that could run on extra power for the coming period."""
+        out = []
+        for load, spec in self.specs.items():
+            rt = self.rt[load]
+            if not rt.available or rt.mode != "auto":
+                continue
+            if spec.shed_level is not None and self.grid_level >= spec.shed_level:
+                continue
+            if rt.unresponsive_until_s is not None and now_s < rt.unresponsive_until_s:
+                continue
+            need = spec.energy_need()
+            if need is not None and need <= 0:
+                continue
+            if rt.on:
+                # Running already: only an allocation ending with this period may
+                # continue into the next (no new start, no wear); anything else
+                # (local, manual) already draws its power.
+                ends = rt.allocated_until_s
+                continuing = (
+                    rt.reason == "allocation"
+                    and ends is not None
+                    and period_start_s is not None
+                    and ends <= period_start_s + 1.0
+                )
+                if not continuing:
+                    continue
+                if (
+                    rt.measured_kw is not None
+                    and rt.measured_kw < spec.idle_below_kw
+                    and rt.check_at_s is None
+                ):
+                    continue  # on but drawing nothing: satisfied, no flexibility left
+            elif not WearGuard.may_start(spec, rt, now_s):
+                continue
+            out.append((spec, rt))
+        return out
+
+    def _desired(self, spec: LoadSpec, rt: LoadRuntime, now_s: float) -> tuple[bool, Reason]:
+        if rt.mode == "force_on":
+            return True, "manual"
+        if rt.mode == "force_off":
+            return False, "manual"
+        if spec.shed_level is not None and self.grid_level >= spec.shed_level:
+            return False, "shed"
+        if rt.allocated_until_s is not None and (
+            now_s < rt.allocated_until_s or spec.id in self._continuing
+        ):
+            return True, "allocation"
+        if spec.id in self._local_on:
+            return True, "local"
+        return False, "idle"
+
+    def _reconcile(self, now_s: float) -> list[Command]:
+        commands = []
+        for load, spec in self.specs.items():
+            rt = self.rt[load]
+            want, reason = self._desired(spec, rt, now_s)
+            if want == rt.on:
+                rt.reason = reason
+                continue
+            if not rt.available:
+                continue
+            if want:
+                if not WearGuard.may_start(spec, rt, now_s):
+                    continue
+                rt.starts.append(now_s)
+                rt.check_at_s = now_s + self.response_check_s
+            else:
+                if reason not in ("manual", "shed") and not WearGuard.may_stop(spec, rt, now_s):
+                    continue
+                rt.check_at_s = None
+            rt.on = want
+            rt.last_change_s = now_s
+            rt.reason = reason
+            self._commanded_at[load] = now_s
+            commands.append(Command(load, want, reason))
+        return commands
+
+    def _check_response(self, load: str, rt: LoadRuntime, now_s: float) -> None:
+        spec = self.specs[load]
+        if not rt.on or rt.measured_kw is None:
+            return  # no meter on this channel: nothing to check against
+        if rt.measured_kw < self.response_tolerance * spec.min_kw:
+            rt.unresponsive_until_s = now_s + self.unresponsive_hold_s
+            self._event("load_unresponsive", load, measured_kw=rt.measured_kw,
+                        expected_kw=spec.run_kw)
+
+    def _plan_local(self, now_s: float, net_export_kw: float | None) -> None:
+        if not self.local_self_consumption or net_export_kw is None:
+            self._local_on.clear()
+            return
+        running = sum(
+            self.specs[ld].run_kw for ld in self._local_on if self.rt[ld].on
+        )
+        budget = net_export_kw + running - LOCAL_MARGIN_KW
+        candidates = []
+        for load, spec in self.specs.items():
+            rt = self.rt[load]
+            if not rt.available or rt.mode != "auto":
+                continue
+            if spec.shed_level is not None and self.grid_level >= spec.shed_level:
+                continue
+            if rt.allocated_until_s is not None and now_s < rt.allocated_until_s:
+                continue
+            if rt.unresponsive_until_s is not None and now_s < rt.unresponsive_until_s:
+                continue
+            need = spec.energy_need()
+            if need is not None and need <= 0:
+                continue
+            if rt.on and load not in self._local_on:
+                continue
+            if not rt.on and not WearGuard.may_start(spec, rt, now_s):
+                continue
+            candidates.append(Candidate(load, spec.run_kw, spec.priority))
+        self._local_on = {c.id for c in choose_loads(candidates, budget)}
+
+    def _refuse(self, why: str, cycle: Any) -> AllocationResult:
+        self._event("allocation_refused", None, cycle=str(cycle), why=why)
+        return AllocationResult(False, why)
+
+    def _event(self, name: str, load: str | None, **fields: Any) -> None:
+        if load is not None:
+            fields["load"] = load
+        self.events.append((name, fields))
