@@ -33,6 +33,7 @@ from protocol.models import (
     NetLoad,
     Payload,
     Report,
+    SiteContext,
     SiteStatus,
     format_utc,
 )
@@ -65,6 +66,7 @@ __all__ = [
     "Rejection",
     "Report",
     "Route",
+    "SiteContext",
     "SiteStatus",
     "TopicKind",
     "Topics",

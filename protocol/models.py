@@ -184,6 +184,18 @@ class LoadState(Payload):
     reason: Literal["allocation", "shed", "local", "manual", "idle"]
 
 
+class SiteContext(Payload):
+    """``site/{s}/context`` (extension, retained): what Home Assistant shows of the community."""
+
+    net_export_kw: SignedSitePowerKw | None = None
+    cycle: UtcTime | None = None
+    alloc_kw: SitePowerKw = 0.0
+    rank: Annotated[int, Field(ge=0, le=2**31)] = 0
+    grid_level: Level = 1
+    coordinator_online: bool = False
+    degraded: bool = True
+
+
 # Coordinator -> gateways ----------------------------------------------------
 
 

@@ -88,6 +88,20 @@ class Topics:
     def load_state(self, site: str, load: str) -> str:
         return f"{self.base}/site/{site}/load/{load}/state"
 
+    # Extensions for Home Assistant (docs/protocol.md, "Extensions"): under the
+    # site's own prefix, so a gateway's broker account needs nothing more.
+    def site_context(self, site: str) -> str:
+        """Retained: the community context of one home (allocation, grid, degraded)."""
+        return f"{self.base}/site/{site}/context"
+
+    def load_mode(self, site: str, load: str) -> str:
+        """Retained: a load's control mode (auto / force_on / force_off)."""
+        return f"{self.base}/site/{site}/load/{load}/mode"
+
+    def load_mode_set(self, site: str, load: str) -> str:
+        """Where Home Assistant (the resident) sets a load's mode."""
+        return f"{self.base}/site/{site}/load/{load}/mode/set"
+
     def site_prefix(self, site: str) -> str:
         """Everything a gateway may write: ``ems/{c}/site/{s}/#``."""
         return f"{self.base}/site/{site}/#"
