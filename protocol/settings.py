@@ -162,9 +162,13 @@ def load_settings(
             msg = err.get("msg", "invalid")
             if err.get("type") == "extra_forbidden":
                 msg = "unknown key"
-            elif err.get("type") == "missing":
+            loc = tuple(err.get("loc", ()))
+            key = _key(loc)
+            if err.get("type") == "missing":
                 msg = "required key is missing"
-            problems.append((_key(tuple(err.get("loc", ()))), msg))
+                if len(loc) == 1:  # the required top-level entries are sections
+                    key, msg = f"[{loc[0]}]", "required section is missing"
+            problems.append((key, msg))
         raise ConfigError(source, problems) from None
     finally:
         if saved is not None:
