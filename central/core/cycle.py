@@ -89,6 +89,16 @@ class CycleContext:
     seed: int = 0
 
 
+def clamp(kw: float, flex_kw: float, remaining_kw: float) -> float:
+    """``kw`` within ``[0, min(flex, remaining)]``; a negative or NaN offer counts as 0."""
+    cap = flex_kw if flex_kw >= 0.0 else 0.0
+    if not kw <= cap:
+        kw = cap
+    if kw > remaining_kw:
+        kw = remaining_kw
+    return kw if kw > 0.0 else 0.0
+
+
 class Cycle:
     """The state of one allocation cycle. Build it with ``Cycle.open``."""
 
@@ -222,8 +232,9 @@ class Cycle:
                 pending[site] = (offer, rank)
             else:
                 # The contract, whatever the strategy said: 0 <= kw <= min(flex, remaining).
-                if kw > flex or kw > remaining or not kw > 0.0:  # (not > 0 also catches NaN)
-                    kw = 0.0 if not kw > 0.0 else min(kw, flex, remaining)
+                # Written so that every comparison with a NaN sends it to the slow path.
+                if not (0.0 < kw <= flex and kw <= remaining):
+                    kw = clamp(kw, flex, remaining)
                 remaining -= kw
                 step_decisions.append(new_tuple(Decision, (site, kw, rank, flex, elapsed)))
             if remaining <= EPSILON_KW or not waiting:
@@ -268,12 +279,7 @@ class Cycle:
     def _decide(self, offer: Offer, rank: int, kw: float, step: Step) -> None:
         # The contract, whatever the strategy said: 0 <= kw <= min(offer, remaining).
         remaining = self.remaining_kw
-        if kw > offer.flex_kw:
-            kw = offer.flex_kw
-        if kw > remaining:
-            kw = remaining
-        if not kw > 0.0:  # also catches NaN
-            kw = 0.0
+        kw = clamp(kw, offer.flex_kw, remaining)
         self.remaining_kw = remaining - kw
         self.allocated_kw += kw
         decision = Decision(offer.site, kw, rank, offer.flex_kw, offer.elapsed_s)
