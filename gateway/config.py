@@ -87,7 +87,7 @@ class DeviceSettings(Section):
         except ProfileError as exc:
             raise ValueError(str(exc)) from None
         if isinstance(profile, PhidgetDigitalOutput):
-            pass  # serial optional: without it, the first board found is used
+            pass  # serial optional with one board (required with several: see below)
         elif isinstance(profile, GenericMqttMeter):
             if not self.topic:
                 raise ValueError(f"device {self.id}: a generic meter needs 'topic'")
@@ -113,6 +113,9 @@ class LoadSettings(Section):
     shed_level: int | None = Field(default=2, ge=1, le=3, description="cut from this grid level")
     priority: int = Field(default=0, ge=0, le=1000)
     energized_means: Literal["on", "off"] = "on"
+    # Switched through a contactor: the relay drives only its coil, so the
+    # relay's own rating does not bound the load (the contactor's does).
+    contactor: bool = False
     # Below this measured power a load that is on draws nothing (thermostat satisfied).
     idle_below_kw: float = Field(default=0.05, ge=0, le=5)
     # EV charger
@@ -206,6 +209,10 @@ class GatewaySettings(ServiceSettings):
             if d.id in devices:
                 raise ValueError(f"device id {d.id!r} is used twice")
             devices[d.id] = d
+        boards = [d for d in self.devices if isinstance(d.model, PhidgetDigitalOutput)]
+        if len(boards) > 1 and any(d.serial is None for d in boards):
+            # Without serials each channel would attach to any board.
+            raise ValueError("several Phidget boards: each needs its 'serial'")
         seen: dict[tuple[str, int], str] = {}
         load_ids = set()
         for load in self.loads:
@@ -223,10 +230,15 @@ class GatewaySettings(ServiceSettings):
                     f"load {load.id}: channel {load.channel} out of range for "
                     f"{profile.name} (0..{profile.channels - 1})"
                 )
-            if load.max_power_kw > profile.max_power_kw:
+            if load.max_power_kw > profile.max_power_kw and not load.contactor:
                 raise ValueError(
                     f"load {load.id}: max {load.max_power_kw} kW exceeds the "
-                    f"{profile.name}'s rating of {profile.max_power_kw} kW"
+                    f"{profile.name}'s rating of {profile.max_power_kw} kW "
+                    "(switch it through a contactor and set contactor = true)"
+                )
+            if load.energized_means == "off" and not isinstance(profile, PhidgetDigitalOutput):
+                raise ValueError(
+                    f"load {load.id}: energized_means = \"off\" only applies to relay boards"
                 )
             key = (load.device, load.channel)
             if key in seen:

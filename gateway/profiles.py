@@ -81,7 +81,9 @@ class PhidgetDigitalOutput(SwitchProfile):
     driver: Literal["phidget_digital_output"]
     device_id: int = Field(ge=0, description="Phidget22 DeviceID (PHIDID_1017 = 12)")
     usb_vendor_id: str = Field(pattern=r"^[0-9a-f]{4}$")
-    usb_product_id: str = Field(pattern=r"^[0-9a-f]{4}$")
+    usb_product_ids: tuple[Annotated[str, Field(pattern=r"^[0-9a-f]{4}$")], ...] = Field(
+        min_length=1, description="board revisions may enumerate differently"
+    )
     max_current_a: float = Field(gt=0)
     max_voltage_v: float = Field(gt=0)
 
