@@ -23,7 +23,9 @@ from gateway.devices.base import Device, NetMeter, Relay
 from gateway.devices.registry import build_device
 from gateway.ems import Command, LoadSpec, LocalEms
 from gateway.ems.ledger import PeriodLedger
+from gateway.ems.loads import Mode
 from gateway.errors import DeviceError
+from gateway.hass import FileLedger, HassDiscovery, build_context
 from gateway.outbox import Outbox
 from protocol import (
     Ack,
@@ -45,7 +47,7 @@ from protocol import (
 )
 from protocol.clock import Clock, next_boundary
 from protocol.codec import Limits
-from protocol.models import Payload
+from protocol.models import MAX_ENERGY_KWH, Payload
 
 log = structlog.get_logger("gateway")
 
@@ -127,6 +129,11 @@ class Gateway:
         )
         state_dir = Path(settings.state.dir)
         self.outbox = Outbox(state_dir / f"outbox-{self.site}.sqlite")
+        self.hass = HassDiscovery(
+            self.topics, settings.homeassistant, settings.site, settings.loads,
+            self.bus.publish, __version__,
+            ledger=FileLedger(state_dir / f"hass-{self.site}.json"),
+        )
         self.commands: asyncio.Queue[Command] = asyncio.Queue()
         self.coordinator_online = False
         self.coordinator_heard_s: float | None = None
@@ -166,6 +173,7 @@ class Gateway:
         }
         for topic, handler in handlers.items():
             self.bus.subscribe(topic, self._guarded(handler))
+        self.hass.attach(self.bus.subscribe, self._on_mode_set)
         await self.bus.connect()
         for device in self.devices.values():
             try:
@@ -207,6 +215,7 @@ class Gateway:
     def _announce(self) -> None:
         status = SiteStatus(state="online", version=__version__, loads=tuple(self.relay_of_load))
         self.bus.publish(self.topics.site_status(self.site), encode(status), retain=True)
+        self.hass.announce()
         self._published_states.clear()
         self._publish_states()
         self._send_netload()
@@ -232,6 +241,13 @@ class Gateway:
                 return
             handler(msg)
         return run
+
+    def _on_mode_set(self, load: str, mode: Mode) -> None:
+        """The resident's command from Home Assistant; the EMS applies its precedence."""
+        self._enqueue(self.ems.set_mode(load, mode, self.now_s()))
+        self.log.info("load_mode_set", load=load, mode=mode, source="home_assistant")
+        self._publish_states()
+        self._log_events()
 
     def _heard_coordinator(self) -> None:
         self.coordinator_heard_s = self.now_s()
@@ -337,14 +353,22 @@ class Gateway:
             self._log_events()
 
     def _publish_states(self) -> None:
-        for view in self.ems.views(self.now_s()):
-            key = (view.on, view.reason, round(view.power_kw, 2), view.available)
+        views = self.ems.views(self.now_s())
+        self.hass.publish_modes(views)
+        for view in views:
+            # The device's own counter (None without a meter, or beyond the model's cap).
+            energy = self.relay_of_load[view.id].state.energy_kwh
+            if energy is not None and not 0 <= energy <= MAX_ENERGY_KWH:
+                energy = None
+            key = (view.on, view.reason, round(view.power_kw, 2), view.available,
+                   None if energy is None else round(energy, 2))
             if self._published_states.get(view.id) == key:
                 continue
             self._published_states[view.id] = key
             state = LoadState(on=view.on, power_kw=min(round(view.power_kw, 3),
                                                        self.limits.max_site_kw),
-                              reason=view.reason)
+                              reason=view.reason,
+                              energy_kwh=None if energy is None else round(energy, 3))
             self.bus.publish(self.topics.load_state(self.site, view.id), encode(state),
                              retain=True)
 
@@ -396,6 +420,13 @@ class Gateway:
                 self.degraded = degraded
                 self.log.warning("degraded" if degraded else "coordinated",
                                  coordinator_online=self.coordinator_online)
+            self.hass.publish_context(build_context(
+                net_export_kw=net,
+                alloc=self.last_alloc if self.alloc_until_s is not None else None,
+                alloc_kw=self.alloc_kw, grid_level=self.ems.grid_level,
+                coordinator_online=self.coordinator_online, degraded=self.degraded,
+                max_site_kw=self.limits.max_site_kw,
+            ), now_s)
             if self._period_start is not None and now >= self._period_start + timedelta(
                 seconds=period
             ):

@@ -173,6 +173,16 @@ class HomeAssistantSettings(Section):
 
     enabled: bool = True
     discovery_prefix: str = "homeassistant"
+    # "entity": one config per entity, every HA version; "device": one config
+    # per device (homeassistant/device/<id>/config), HA 2024.11+ only.
+    discovery: Literal["entity", "device"] = "entity"
+
+    @field_validator("discovery_prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        if not value or value != value.strip("/") or any(c in value for c in "#+"):
+            raise ValueError("must be a topic without wildcards or a leading/trailing '/'")
+        return value
 
 
 class StateSettings(Section):

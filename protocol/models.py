@@ -182,6 +182,8 @@ class LoadState(Payload):
     on: bool
     power_kw: SitePowerKw
     reason: Literal["allocation", "shed", "local", "manual", "idle"]
+    # The device's energy counter (kWh) when it has one; it may restart from 0.
+    energy_kwh: EnergyKwh | None = None
 
 
 class SiteContext(Payload):

@@ -94,7 +94,8 @@ EXAMPLES: dict[TopicKind, dict[str, Any]] = {
         "allocated_kwh": 0.75,
         "used_kwh": 0.7,
     },
-    K.LOAD_STATE: {"v": 1, "on": True, "power_kw": 2.4, "reason": "allocation"},
+    K.LOAD_STATE: {"v": 1, "on": True, "power_kw": 2.4, "reason": "allocation",
+                   "energy_kwh": 12.5},
     K.COORDINATOR_STATUS: {"v": 1, "state": "online", "version": "0.1.0", "epoch": 7},
     K.CYCLE_REQUEST: {
         "v": 1,
