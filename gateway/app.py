@@ -102,7 +102,10 @@ class Gateway:
         )
         self.devices: dict[str, Device] = {}
         for dev in settings.devices:
-            extra = (device_options or {}).get(dev.id, {})
+            extra = dict((device_options or {}).get(dev.id, {}))
+            if dev.model.driver in ("shelly_gen2_switch", "shelly_gen2_em"):
+                # RPC replies come back on <src>/rpc: unique per home and device.
+                extra.setdefault("reply_prefix", f"ems-gw-{self.site}-{dev.id}")
             self.devices[dev.id] = build_device(
                 dev, dev.model, self.bus, clock, self._on_device_change, **extra
             )

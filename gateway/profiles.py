@@ -112,7 +112,7 @@ def parse_profile(data: dict[str, object], path: str = "<memory>") -> Profile:
             loc = loc[1:]
         key = ".".join(loc) or "(file)"
         msg = "unknown key" if err.get("type") == "extra_forbidden" else err.get("msg", "invalid")
-        if err.get("type") == "union_tag_invalid" or (key == "driver"):
+        if err.get("type") in ("union_tag_invalid", "union_tag_not_found"):
             key = "driver"
         more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
         raise ProfileError(f"{path}: {key}: {msg}{more}", path, key) from None
