@@ -160,7 +160,7 @@ class EmsSettings(Section):
     """``[ems]``: the home's local energy management."""
 
     period_s: float = Field(default=900, ge=1, le=86_400)
-    netload_interval_s: float = Field(default=60, ge=1, le=3600)
+    netload_interval_s: float = Field(default=60, ge=0.1, le=3600)
     response_check_s: float = Field(default=10, gt=0, le=600)
     response_tolerance: float = Field(default=0.5, gt=0, le=1)
     unresponsive_hold_s: float = Field(default=3600, ge=0, le=86_400)

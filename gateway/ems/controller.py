@@ -124,16 +124,25 @@ class LocalEms:
         energy_kwh: float | None = None,
     ) -> list[Command]:
         """A device reported on a load's channel; returns the commands this implies."""
-        spec = self.specs[load]
         rt = self.rt[load]
+        came_back = False
         if available is not None and available != rt.available:
             rt.available = available
+            came_back = available
             self._event("load_available" if available else "load_unavailable", load)
         if power_kw is not None:
             rt.measured_kw = power_kw
         if energy_kwh is not None:
             rt.energy_kwh = energy_kwh
-        if on is not None and on != rt.on:
+        if on is not None and (not rt.reported or came_back):
+            # The first report (start-up, or the device back after an outage) is
+            # how things are, not somebody's command: take it as the state.
+            rt.reported = True
+            if on != rt.on:
+                rt.on = on
+                rt.last_change_s = now_s  # unknown since when: the guard counts from now
+                rt.check_at_s = None
+        elif on is not None and on != rt.on:
             recent = now_s - self._commanded_at.get(load, float("-inf")) < SETTLE_S
             if not recent:
                 # Someone switched it at the device (its button, its own app):
@@ -144,7 +153,6 @@ class LocalEms:
             rt.last_change_s = now_s
             if on:
                 rt.starts.append(now_s)
-        del spec
         return self._reconcile(now_s)
 
     def command_failed(self, load: str, on: bool, now_s: float, error: str) -> None:

@@ -58,6 +58,7 @@ class LoadRuntime:
     """What the EMS knows and decided about one load right now."""
 
     on: bool = False  # the appliance's state as last reported (or commanded)
+    reported: bool = False  # the device has told us its state at least once
     available: bool = False
     measured_kw: float | None = None
     last_change_s: float | None = None  # when it last switched on or off
