@@ -11,7 +11,6 @@ deadline needs it, and executes the returned ``Command``s.
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -106,9 +105,12 @@ class LocalEms:
         self._continuing: dict[str, float] = {}
         self.grid_level = 0
         self.highest_epoch = 0
-        self._applied: deque[Any] = deque(maxlen=32)
+        # Applied cycles until their allocation expires (an expired one is refused anyway).
+        self._applied: dict[Any, float] = {}
         self._local_on: set[str] = set()
         self._commanded_at: dict[str, float] = {}
+        # Guard bookkeeping before each command, to undo it if the command fails.
+        self._before: dict[str, tuple[float | None, int]] = {}
         self.events: list[tuple[str, dict[str, Any]]] = []
         self.allocation: AllocationResult | None = None
 
@@ -156,11 +158,16 @@ class LocalEms:
         return self._reconcile(now_s)
 
     def command_failed(self, load: str, on: bool, now_s: float, error: str) -> None:
-        """A command could not be executed: believe the device kept its state."""
+        """A command could not be executed: the device kept its state, and the wear
+        guard must not count a switch that never happened."""
         rt = self.rt[load]
+        before = self._before.pop(load, None)
         if rt.on == on:
             rt.on = not on
-            if on and rt.starts:
+            if before is not None:
+                rt.last_change_s, starts = before
+                del rt.starts[starts:]
+            elif on and rt.starts:
                 rt.starts.pop()
         rt.check_at_s = None
         self._event("command_failed", load, on=on, error=error)
@@ -209,10 +216,12 @@ class LocalEms:
             return self._refuse("old_epoch", cycle)
         if valid_until_s <= now_s:
             return self._refuse("expired", cycle)
+        for old in [c for c, until in self._applied.items() if until <= now_s]:
+            del self._applied[old]
         if cycle in self._applied:
             return self._refuse("duplicate", cycle)
         self.highest_epoch = max(self.highest_epoch, epoch)
-        self._applied.append(cycle)
+        self._applied[cycle] = valid_until_s
         candidates = []
         for spec, _rt in self._offerable(now_s, valid_until_s):
             until = spec.next_departure(now)
@@ -334,7 +343,7 @@ class LocalEms:
         if spec.shed_level is not None and self.grid_level >= spec.shed_level:
             return False, "shed"
         if rt.allocated_until_s is not None and (
-            now_s < rt.allocated_until_s or spec.id in self._continuing
+            now_s < rt.allocated_until_s or (spec.id in self._continuing and rt.on)
         ):
             return True, "allocation"
         if spec.id in self._local_on:
@@ -354,11 +363,13 @@ class LocalEms:
             if want:
                 if not WearGuard.may_start(spec, rt, now_s):
                     continue
+                self._before[load] = (rt.last_change_s, len(rt.starts))
                 rt.starts.append(now_s)
                 rt.check_at_s = now_s + self.response_check_s
             else:
                 if reason not in ("manual", "shed") and not WearGuard.may_stop(spec, rt, now_s):
                     continue
+                self._before[load] = (rt.last_change_s, len(rt.starts))
                 rt.check_at_s = None
             rt.on = want
             rt.last_change_s = now_s
@@ -380,8 +391,12 @@ class LocalEms:
         if not self.local_self_consumption or net_export_kw is None:
             self._local_on.clear()
             return
+        # Power the local logic itself runs and may take back: only loads still
+        # on for that reason (not one the resident has since forced on).
         running = sum(
-            self.specs[ld].run_kw for ld in self._local_on if self.rt[ld].on
+            self.specs[ld].run_kw
+            for ld in self._local_on
+            if self.rt[ld].on and self.rt[ld].reason == "local" and self.rt[ld].mode == "auto"
         )
         budget = net_export_kw + running - LOCAL_MARGIN_KW
         candidates = []
