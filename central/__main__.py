@@ -12,9 +12,9 @@ import structlog
 
 from central import __version__
 from central.app import Coordinator
-from protocol.clock import make_clock
 from central.config import load_central_settings
 from central.errors import CentralError
+from protocol.clock import make_clock
 from protocol.logs import configure_logging
 from protocol.settings import EX_CONFIG, ConfigError
 

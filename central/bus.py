@@ -44,6 +44,12 @@ class _WindowStorage(PersistentStorage):  # type: ignore[misc]
     def __len__(self) -> int:
         return len(self._messages)
 
+    def __bool__(self) -> bool:
+        # gmqtt does ``persistent_storage or PersistentStorage()``: an empty store
+        # must not be falsy, or gmqtt silently swaps in its own and the window
+        # never hears a PUBACK.
+        return True
+
     def remove_message_by_mid(self, mid: int) -> None:
         super().remove_message_by_mid(mid)
         self._on_free()
@@ -73,6 +79,7 @@ class MqttBus:
             persistent_storage=self._storage,
             logger=None,
         )
+        assert self._client._persistent_storage is self._storage
         self._client.on_message = self._on_message
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
@@ -81,6 +88,7 @@ class MqttBus:
         self._connected = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
+        self._closing = False
         self.published = 0
         self.failed = 0
         self.callback_errors = 0
@@ -129,6 +137,10 @@ class MqttBus:
 
     async def disconnect(self, drain_timeout_s: float = 5.0) -> None:
         await self.drain(drain_timeout_s)
+        # Some brokers (amqtt 0.12) drop a delivery still pending when the
+        # DISCONNECT right behind it is handled: give the last ones a moment.
+        await asyncio.sleep(0.1)
+        self._closing = True
         try:
             await self._client.disconnect()
         except Exception as exc:  # the connection may already be gone
@@ -154,6 +166,9 @@ class MqttBus:
 
     def _on_disconnect(self, client: Any, packet: Any, exc: Any = None) -> None:
         self._connected.clear()
+        if self._closing:
+            log.info("mqtt_disconnected", host=self.settings.host, port=self.settings.port)
+            return
         log.warning("mqtt_disconnected", host=self.settings.host, port=self.settings.port,
                     error=str(exc) if exc else None)
 
@@ -210,15 +225,19 @@ class MqttBus:
 
     async def drain(self, timeout_s: float = 30.0) -> bool:
         """Wait until every published message is acknowledged; False on timeout."""
-        deadline = asyncio.get_running_loop().time() + timeout_s
-        while self.pending:
-            self._drain_backlog()
-            remaining = deadline - asyncio.get_running_loop().time()
-            if remaining <= 0:
-                return False
-            self._idle.clear()
-            try:
-                await asyncio.wait_for(self._idle.wait(), min(remaining, 0.05))
-            except TimeoutError:
-                continue
+        # asyncio.timeout, not wait_for in a loop: on 3.11 wait_for can swallow a
+        # cancellation that lands as the awaited event is set.
+        try:
+            async with asyncio.timeout(timeout_s):
+                while self.pending:
+                    self._drain_backlog()
+                    if not self.pending:
+                        break
+                    if not self.connected:
+                        await asyncio.sleep(0.05)  # reconnecting: gmqtt will resend
+                        continue
+                    self._idle.clear()
+                    await self._idle.wait()
+        except TimeoutError:
+            return False
         return True

@@ -255,6 +255,9 @@ class _MosquittoProcess:
                 stdin=subprocess.DEVNULL,
                 stdout=log_file,
                 stderr=log_file,
+                # Its own session: a Ctrl-C at the terminal must not kill the
+                # broker before the clients have said goodbye.
+                start_new_session=True,
             )
         deadline = time.monotonic() + timeout_s
         try:

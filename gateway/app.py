@@ -387,6 +387,10 @@ class Gateway:
         kw = self.net_export_kw()
         if kw is None:
             return
+        # The coordinator hands the whole surplus out again every period, so the
+        # net load it sums must not already be reduced by the loads it allocated:
+        # report the export as if they were off (docs/protocol.md, "netload").
+        kw += sum(v.power_kw for v in self.ems.views(self.now_s()) if v.reason == "allocation")
         cap = self.limits.max_site_kw
         msg = NetLoad(ts=self.clock.now(), net_export_kw=max(-cap, min(cap, kw)))
         self.bus.publish(self.topics.netload(self.site), encode(msg))

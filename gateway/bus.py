@@ -70,6 +70,7 @@ class PahoBus:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._connected = asyncio.Event()
         self.on_reconnect: Callable[[], None] | None = None
+        self._closing = False
         self.handler_errors = 0
         self.received = 0
 
@@ -90,6 +91,7 @@ class PahoBus:
             raise GatewayError(f"MQTT broker {s.host}:{s.port} did not accept us") from None
 
     async def disconnect(self) -> None:
+        self._closing = True
         self._client.disconnect()
         await asyncio.to_thread(self._client.loop_stop)
 
@@ -137,8 +139,12 @@ class PahoBus:
     ) -> None:
         loop = self._loop
         if loop is not None:
-            loop.call_soon_threadsafe(self._connected.clear)
-        log.warning("mqtt_disconnected", reason=str(reason))
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._connected.clear)
+        if self._closing:
+            log.info("mqtt_disconnected", reason=str(reason))
+        else:
+            log.warning("mqtt_disconnected", reason=str(reason))
 
     def _on_message(self, client: Any, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         loop = self._loop

@@ -13,10 +13,10 @@ import pytest
 from simgw import Observer, SimGateway
 
 from central.app import Coordinator
-from protocol.clock import SystemClock
 from central.config import CentralSettings, load_central_settings
 from central.recorder import Recorder
 from protocol import CycleRequest, Flex, Report, Topics, encode
+from protocol.clock import SystemClock
 
 pytestmark = pytest.mark.integration
 

@@ -1,0 +1,182 @@
+"""``ems demo``: the coordinator and simulated homes on an embedded broker, live.
+
+Parses the options, sends the logs to a file (so they do not scroll the live
+view away), installs the Ctrl-C handler and runs ``ems.demo.runner.run_demo``
+with a live view on a terminal, plain lines otherwise. docs/demo.md tells
+what is shown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TextIO
+
+from ems.broker import KINDS
+from ems.demo.runner import DemoError, DemoOptions, run_demo, sqlite_url
+from ems.demo.view import LiveView, PlainView
+
+DEFAULT_HOMES = 8
+DEFAULT_SPEED = 180.0
+DEFAULT_PERIOD_S = 900.0
+DEFAULT_REPLY_TIMEOUT_S = 60.0
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``demo`` to the ``ems`` parser."""
+    p = subparsers.add_parser(
+        "demo",
+        help="run the coordinator and simulated homes on an embedded broker, live",
+        description=(
+            "One coordinator and simulated homes on an embedded MQTT broker, on an "
+            "accelerated clock: a 15-minute cycle every few seconds, shown live."
+        ),
+    )
+    p.add_argument("--homes", type=_positive_int, default=DEFAULT_HOMES,
+                   help=f"number of simulated homes (default: {DEFAULT_HOMES})")
+    p.add_argument("--seed", type=int, default=1, help="random seed of the homes (default: 1)")
+    p.add_argument("--broker", choices=KINDS, default="auto",
+                   help="auto: mosquitto when installed, else the in-process amqtt (default)")
+    p.add_argument("--speed", type=_positive_float, default=DEFAULT_SPEED,
+                   help=f"clock speed-up (default: {DEFAULT_SPEED:g}: a 900 s period every 5 s)")
+    p.add_argument("--period-s", type=_positive_float, default=DEFAULT_PERIOD_S,
+                   help=f"cycle period in clock seconds (default: {DEFAULT_PERIOD_S:g})")
+    p.add_argument("--reply-timeout-s", type=_positive_float, default=DEFAULT_REPLY_TIMEOUT_S,
+                   help="reply deadline after a request, clock seconds "
+                        f"(default: {DEFAULT_REPLY_TIMEOUT_S:g})")
+    p.add_argument("--start", type=_start_time, default=None, metavar="TIME",
+                   help="simulated time at launch: HH:MM (today, UTC) or an ISO 8601 time "
+                        "(default: today 11:00 UTC, when there is a surplus)")
+    p.add_argument("--cycles", type=_positive_int, default=None, metavar="N",
+                   help="stop after N closed cycles")
+    p.add_argument("--duration", type=_positive_float, default=None, metavar="S",
+                   help="stop after S real seconds (default: run until Ctrl-C)")
+    p.add_argument("--db", type=Path, default=None, metavar="PATH",
+                   help="SQLite records (default: demo.sqlite in a new temp dir); "
+                        "`ems cycles --db PATH` shows them afterwards")
+    p.add_argument("--log-file", type=Path, default=None, metavar="PATH",
+                   help="JSON logs (default: demo.log next to the records)")
+    p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info",
+                   help="level of the log file (default: info)")
+    p.add_argument("--plain", action="store_true",
+                   help="one line per cycle even on a terminal (the default when not a TTY)")
+    p.set_defaults(func=run)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def _start_time(text: str) -> datetime:
+    """``HH:MM`` today (UTC), or an ISO 8601 time (UTC when it has no offset)."""
+    try:
+        if len(text) <= 5 and ":" in text:
+            hour, minute = (int(part) for part in text.split(":"))
+            return datetime.now(UTC).replace(hour=hour, minute=minute, second=0, microsecond=0)
+        at = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(
+            f"expected HH:MM or an ISO 8601 time such as 2026-06-21T11:00Z, got {text!r}"
+        ) from exc
+    return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
+
+
+def configure_demo_logging(log_file: Path, level: str) -> TextIO:
+    """JSON logs of every component (structlog and the libraries) to ``log_file``.
+
+    The terminal belongs to the live view. Returns the open file (the caller
+    closes it).
+    """
+    import structlog
+
+    from protocol.logs import configure_logging
+
+    configure_logging(level, "json")
+    stream = log_file.open("a", encoding="utf-8", buffering=1)
+    # configure() changes only what it is given: same processors, another sink.
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(stream))
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    root.addHandler(handler)
+    return stream
+
+
+def run(args: argparse.Namespace) -> int:
+    """``ems demo``."""
+    db: Path | None = args.db
+    log_file: Path | None = args.log_file
+    if db is None or log_file is None:
+        # Kept after the demo: `ems cycles --db` reads the records afterwards.
+        run_dir = Path(tempfile.mkdtemp(prefix="ems-demo-"))
+        db = db or run_dir / "demo.sqlite"
+        log_file = log_file or run_dir / "demo.log"
+    try:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        log_stream = configure_demo_logging(log_file, args.log_level)
+    except OSError as exc:
+        sys.stderr.write(f"ems demo: cannot write logs to {log_file}: {exc}\n")
+        return 1
+    options = DemoOptions(
+        db_url=sqlite_url(db),
+        homes=args.homes,
+        seed=args.seed,
+        broker=args.broker,
+        speed=args.speed,
+        period_s=args.period_s,
+        reply_timeout_s=args.reply_timeout_s,
+        start_at=args.start,
+        cycles=args.cycles,
+        duration_s=args.duration,
+        log_file=log_file,
+    )
+    try:
+        asyncio.run(_main(options, live=sys.stdout.isatty() and not args.plain))
+    except DemoError as exc:
+        sys.stderr.write(f"ems demo: {exc}\n(logs: {log_file})\n")
+        return 1
+    except asyncio.CancelledError:
+        sys.stderr.write("ems demo: stopped at once (second interrupt)\n")
+        return 130
+    finally:
+        log_stream.close()
+    sys.stdout.write(f"records: ems cycles --db {db} --decisions   logs: {log_file}\n")
+    return 0
+
+
+async def _main(options: DemoOptions, *, live: bool) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    main = asyncio.current_task()
+    assert main is not None
+
+    def on_signal() -> None:
+        # The first Ctrl-C (or SIGTERM) asks for a clean stop: homes say offline,
+        # the coordinator closes its cycle and says offline, then the broker stops.
+        # A second one cuts the goodbyes short.
+        if stop.is_set():
+            main.cancel()
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal)
+    view = LiveView() if live else PlainView(sys.stdout)
+    await run_demo(options, stop=stop, view=view)

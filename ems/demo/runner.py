@@ -1,0 +1,463 @@
+"""Wiring of ``ems demo``: a broker, the real coordinator and simulated homes in one loop.
+
+``run_demo(options)`` starts an ``EmbeddedBroker`` (unless one is given),
+builds the real ``central.app.Coordinator`` on an ``AcceleratedClock`` with a
+SQLite recorder, connects one ``SimHome`` per home, and runs until ``stop``
+is set, ``options.cycles`` cycles have closed or ``options.duration_s`` real
+seconds have passed. It then stops the homes (each publishes ``offline``),
+the coordinator (it publishes ``offline`` and disconnects) and the broker, in
+that order, and returns what happened as a ``DemoState``.
+
+Every client speaks MQTT 3.1.1: amqtt knows nothing else, and one protocol
+for both brokers keeps the demo the same everywhere.
+
+The runner touches no global state: logging and signal handling belong to
+the command (``ems.commands.demo``), so tests can call it in-process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from datetime import time as dtime
+from pathlib import Path
+from typing import Any, Protocol
+
+import structlog
+
+from central.app import Coordinator, OpenCycle
+from central.config import load_central_settings
+from central.core import EPSILON_KW, Decision
+from central.errors import CentralError
+from ems.broker import BrokerError, BrokerKind, EmbeddedBroker
+from ems.demo.homes import HomeSpec, SimHome, make_homes
+from protocol import CycleClosed, Topics
+from protocol.clock import AcceleratedClock
+from protocol.settings import ConfigError
+
+log = structlog.get_logger("ems.demo")
+
+HISTORY = 50
+"""Closed cycles kept in memory (the view shows the last ten)."""
+READY_TIMEOUT_S = 15.0
+"""Real seconds to wait for the coordinator and every home to connect."""
+SETTLE_TIMEOUT_S = 2.0
+"""Real seconds to wait, after the last cycle, for homes to receive its allocations."""
+HOMES_STOP_TIMEOUT_S = 6.0
+"""Real seconds for the homes to say offline and disconnect (each drains for up to 2 s)."""
+COORDINATOR_STOP_TIMEOUT_S = 15.0
+"""Real seconds for the coordinator to close its cycle, say offline and disconnect."""
+
+
+class DemoError(Exception):
+    """The demo could not run: no broker, a client could not connect, bad options."""
+
+
+@dataclass(frozen=True, slots=True)
+class DemoOptions:
+    """Everything ``ems demo`` can be told."""
+
+    db_url: str
+    homes: int = 8
+    seed: int = 1
+    broker: BrokerKind = "auto"
+    speed: float = 180.0
+    period_s: float = 900.0
+    reply_timeout_s: float = 60.0
+    start_at: datetime | None = None
+    """Simulated time at launch; default: today 11:00 UTC, so there is a surplus at once."""
+    cycles: int | None = None
+    duration_s: float | None = None
+    community: str = "demo"
+    log_file: Path | None = None
+
+    def resolved_start(self) -> datetime:
+        if self.start_at is not None:
+            return self.start_at.astimezone(UTC)
+        return default_start()
+
+
+def default_start(today: datetime | None = None) -> datetime:
+    """Today's 11:00 UTC: near solar noon in France, so the first cycles have a surplus."""
+    day = (today or datetime.now(UTC)).astimezone(UTC).date()
+    return datetime.combine(day, dtime(11, 0), tzinfo=UTC)
+
+
+@dataclass(slots=True)
+class CycleRecord:
+    """One cycle as the demo saw it: opened, its allocations, how it closed."""
+
+    cycle_id: str
+    period_start: datetime
+    surplus_kw: float
+    sites: int
+    requested: bool
+    decisions: list[Decision] = field(default_factory=list)
+    closed: CycleClosed | None = None
+
+    @property
+    def allocated_kw(self) -> float:
+        return sum(d.alloc_kw for d in self.decisions)
+
+    @property
+    def share_used(self) -> float | None:
+        """Allocated / surplus, None without a surplus."""
+        return self.allocated_kw / self.surplus_kw if self.surplus_kw > EPSILON_KW else None
+
+    @property
+    def injected_kw(self) -> float:
+        """What the community still injects into the grid after the allocations."""
+        return max(0.0, self.surplus_kw - self.allocated_kw)
+
+
+@dataclass
+class DemoState:
+    """The one container the runner fills and the views read (same event loop)."""
+
+    options: DemoOptions
+    broker_kind: str = ""
+    broker_url: str = ""
+    clock: AcceleratedClock | None = None
+    coordinator: Coordinator | None = None
+    homes: list[SimHome] = field(default_factory=list)
+    current: CycleRecord | None = None
+    history: deque[CycleRecord] = field(default_factory=lambda: deque(maxlen=HISTORY))
+    cycles_closed: int = 0
+    cycles_with_request: int = 0
+    allocations: int = 0
+    allocated_kwh: float = 0.0
+    close_reasons: Counter[str] = field(default_factory=Counter)
+    stopping: str | None = None
+    """Why the demo is stopping (``cycles``, ``duration``, ``stop``), None while it runs."""
+
+    @property
+    def last_closed(self) -> CycleRecord | None:
+        return self.history[-1] if self.history else None
+
+    def now(self) -> datetime | None:
+        return self.clock.now() if self.clock is not None else None
+
+    def home(self, site: str) -> SimHome | None:
+        for home in self.homes:
+            if home.site == site:
+                return home
+        return None
+
+    @property
+    def rejected_by_coordinator(self) -> int:
+        c = self.coordinator
+        return sum(c.stats.rejected.values()) if c is not None else 0
+
+    @property
+    def rejected_by_homes(self) -> int:
+        return sum(sum(h.counters.rejected.values()) for h in self.homes)
+
+    # Coordinator events (its listener: called in the loop, must not raise) ------
+    def on_event(self, event: str, data: Any) -> CycleRecord | None:
+        """Record a coordinator event; return the record when a cycle closed."""
+        if event == "cycle_opened":
+            oc: OpenCycle = data
+            self.current = CycleRecord(
+                oc.cycle_id,
+                oc.period_start,
+                oc.cycle.context.surplus_kw,
+                len(oc.cycle.context.sites),
+                # Cycle.open has already closed a cycle that sends no request.
+                requested=not oc.cycle.closed,
+            )
+        elif event == "allocations":
+            oc, decisions = data
+            record = self._record_of(oc)
+            record.decisions.extend(decisions)
+            self.allocations += len(decisions)
+        elif event == "cycle_closed":
+            oc, closed = data
+            record = self._record_of(oc)
+            record.closed = closed
+            self.history.append(record)
+            self.cycles_closed += 1
+            self.cycles_with_request += int(record.requested)
+            self.close_reasons[closed.reason] += 1
+            self.allocated_kwh += record.allocated_kw * self.options.period_s / 3600
+            return record
+        return None
+
+    def _record_of(self, oc: OpenCycle) -> CycleRecord:
+        current = self.current
+        if current is None or current.cycle_id != oc.cycle_id:
+            current = self.current = CycleRecord(
+                oc.cycle_id, oc.period_start, oc.cycle.context.surplus_kw,
+                len(oc.cycle.context.sites), requested=True,
+            )
+        return current
+
+
+class DemoView(Protocol):
+    """What the runner tells a view (live terminal, plain lines, nothing)."""
+
+    def started(self, state: DemoState) -> None: ...
+
+    def refresh(self, state: DemoState) -> None: ...
+
+    def cycle_closed(self, state: DemoState, record: CycleRecord) -> None: ...
+
+    def finished(self, state: DemoState) -> None: ...
+
+
+VIEW_REFRESH_S = 0.25
+
+
+async def run_demo(
+    options: DemoOptions,
+    *,
+    stop: asyncio.Event | None = None,
+    broker: EmbeddedBroker | None = None,
+    view: DemoView | None = None,
+) -> DemoState:
+    """Run the demo; return its state once everything has stopped.
+
+    ``broker``: an already started broker to use (tests observe it); by
+    default the demo starts and stops its own ``EmbeddedBroker(options.broker)``.
+    Raises ``DemoError`` when the demo cannot run.
+    """
+    _check(options)
+    stop = stop or asyncio.Event()
+    state = DemoState(options)
+    own_broker = broker is None
+    if broker is None:
+        try:
+            broker = EmbeddedBroker(options.broker)
+            await asyncio.to_thread(_start_broker, broker)
+        except (BrokerError, ValueError) as exc:
+            raise DemoError(f"cannot start the {options.broker} broker: {exc}") from exc
+    state.broker_kind, state.broker_url = broker.kind, broker.url
+    try:
+        await _run(options, broker, state, stop, view)
+    except BaseExceptionGroup as group:
+        known = _first_known(group)
+        if known is None:
+            raise
+        raise DemoError(str(known)) from group
+    except ConfigError as exc:
+        detail = "; ".join(f"{key}: {message}" for key, message in exc.problems)
+        raise DemoError(f"invalid settings: {detail}") from exc
+    except CentralError as exc:
+        raise DemoError(str(exc)) from exc
+    finally:
+        if own_broker:
+            await asyncio.to_thread(broker.stop)
+    return state
+
+
+def _check(options: DemoOptions) -> None:
+    problems = []
+    if options.homes < 1:
+        problems.append("homes must be at least 1")
+    if not options.speed > 0:
+        problems.append("speed must be positive")
+    if options.cycles is not None and options.cycles < 1:
+        problems.append("cycles must be at least 1")
+    if options.duration_s is not None and not options.duration_s > 0:
+        problems.append("duration must be positive")
+    if not 0 < options.reply_timeout_s < options.period_s:
+        problems.append(f"the reply timeout ({options.reply_timeout_s:g} s) must be positive "
+                        f"and shorter than the period ({options.period_s:g} s)")
+    if problems:
+        raise DemoError("; ".join(problems))
+
+
+def _start_broker(broker: EmbeddedBroker) -> None:
+    """Start the broker with SIGINT blocked in this (worker) thread.
+
+    A child inherits the blocked-signal mask of the thread that spawns it, so a
+    terminal Ctrl-C, which the kernel sends to the whole foreground process
+    group, does not kill mosquitto under the clients' feet: the demo stops it
+    itself, after homes and coordinator have said goodbye. (The proper fix is
+    for ``EmbeddedBroker`` to start mosquitto in its own session; see
+    docs/demo.md.) Python handles signals in the main thread only, so blocking
+    them here changes nothing else; the mask is restored for the pool's next job.
+    """
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        broker.start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def _first_known(group: BaseExceptionGroup[Any]) -> BaseException | None:
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            found = _first_known(exc)
+            if found is not None:
+                return found
+        elif isinstance(exc, CentralError | ConfigError | BrokerError | DemoError):
+            return exc
+    return None
+
+
+async def _run(
+    options: DemoOptions,
+    broker: EmbeddedBroker,
+    state: DemoState,
+    stop: asyncio.Event,
+    view: DemoView | None,
+) -> None:
+    mqtt = {"host": broker.host, "port": broker.port, "protocol": "3.1.1",
+            "client_id": f"ems-demo-central-{options.community}"}
+    # env={}: the demo runs on its own broker whatever EMS_* variables say.
+    settings = load_central_settings(
+        None,
+        env={},
+        mqtt=mqtt,
+        community={"id": options.community},
+        cycle={"period_s": options.period_s, "reply_timeout_s": options.reply_timeout_s},
+        clock={"speed": options.speed},
+        recorder={"url": options.db_url},
+    )
+    clock = AcceleratedClock(options.speed, options.resolved_start())
+    coordinator = Coordinator(settings, clock)
+    topics = Topics(options.community, settings.community.topic_root)
+    specs: list[HomeSpec] = make_homes(options.homes, options.seed)
+    # Loads of an ended allocation stop this long after the period end when no new
+    # request came (a few real tenths of a second, at least 2 % of a period).
+    grace_s = max(0.02 * options.period_s, options.speed * 0.3)
+    homes = [
+        SimHome(spec, topics, clock, settings.mqtt.model_copy(update={"client_id": None}),
+                period_s=options.period_s, expiry_grace_s=grace_s)
+        for spec in specs
+    ]
+    state.clock, state.coordinator, state.homes = clock, coordinator, homes
+
+    target = asyncio.Event()
+
+    def on_event(event: str, data: Any) -> None:
+        record = state.on_event(event, data)
+        if record is None:
+            return
+        # First the stop condition: the coordinator logs and swallows what a
+        # listener raises, and a view error must not keep --cycles from stopping.
+        if options.cycles is not None and state.cycles_closed >= options.cycles:
+            target.set()
+        if view is not None:
+            view.cycle_closed(state, record)
+
+    coordinator.add_listener(on_event)
+    log.info("demo_starting", broker=broker.kind, url=broker.url, homes=len(homes),
+             speed=options.speed, start=clock.now().isoformat(), db=options.db_url)
+    try:
+        await _supervise(options, state, coordinator, homes, stop, target, view)
+    finally:
+        if view is not None:
+            view.finished(state)
+    log.info("demo_stopped", cycles=state.cycles_closed, allocations=state.allocations)
+
+
+async def _supervise(
+    options: DemoOptions,
+    state: DemoState,
+    coordinator: Coordinator,
+    homes: list[SimHome],
+    stop: asyncio.Event,
+    target: asyncio.Event,
+    view: DemoView | None,
+) -> None:
+    coord_stop, homes_stop = asyncio.Event(), asyncio.Event()
+    async with asyncio.TaskGroup() as tg:
+        coord_task = tg.create_task(coordinator.run(coord_stop), name="coordinator")
+        await _until_ready(coordinator.wait_ready(), coord_task, "the coordinator")
+        home_tasks = [tg.create_task(h.run(homes_stop), name=h.site) for h in homes]
+        for home, task in zip(homes, home_tasks, strict=True):
+            await _until_ready(home.ready.wait(), task, home.site)
+        if view is not None:
+            view.started(state)
+        view_task = tg.create_task(_refresh(view, state), name="view") if view else None
+
+        state.stopping = await _wait_for_end(stop, target, options.duration_s)
+        if state.stopping == "cycles":
+            await _settle(state)
+        log.info("demo_stopping", reason=state.stopping, cycles=state.cycles_closed)
+        homes_stop.set()
+        await _stop_within(home_tasks, HOMES_STOP_TIMEOUT_S)
+        coord_stop.set()
+        await _stop_within([coord_task], COORDINATOR_STOP_TIMEOUT_S)
+        if view_task is not None:
+            view_task.cancel()
+
+
+async def _stop_within(tasks: list[asyncio.Task[None]], timeout_s: float) -> None:
+    """Wait for ``tasks`` to finish after their stop event; cancel what hangs."""
+    _, pending = await asyncio.wait(tasks, timeout=timeout_s)
+    for task in pending:
+        # Never hang the exit: the task's own ``finally`` still says goodbye.
+        log.warning("demo_stop_timeout", task=task.get_name(), timeout_s=timeout_s)
+        task.cancel()
+    if pending:
+        await asyncio.wait(pending, timeout=timeout_s)
+
+
+async def _until_ready(ready: Any, task: asyncio.Task[None], what: str) -> None:
+    """Wait for ``ready`` unless ``task`` ends first (its error then propagates)."""
+    waiter = asyncio.ensure_future(ready)
+    try:
+        done, _ = await asyncio.wait({waiter, task}, timeout=READY_TIMEOUT_S,
+                                     return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not waiter.done():
+            waiter.cancel()
+    if waiter in done:
+        return
+    if task in done:
+        task.result()  # raises the reason it ended
+        raise DemoError(f"{what} stopped before it was ready")
+    raise DemoError(f"{what} was not ready after {READY_TIMEOUT_S:g} s")
+
+
+async def _wait_for_end(stop: asyncio.Event, target: asyncio.Event,
+                        duration_s: float | None) -> str:
+    waits = {
+        asyncio.ensure_future(stop.wait()): "stop",
+        asyncio.ensure_future(target.wait()): "cycles",
+    }
+    try:
+        done, _ = await asyncio.wait(waits, timeout=duration_s,
+                                     return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waits:
+            waiter.cancel()
+    for waiter, why in waits.items():
+        if waiter in done:
+            return why
+    return "duration"
+
+
+async def _settle(state: DemoState) -> None:
+    """Give homes a moment to receive the last cycle's allocations before stopping."""
+    record = state.last_closed
+    if record is None:
+        return
+    deadline = time.monotonic() + SETTLE_TIMEOUT_S
+    while time.monotonic() < deadline:
+        missing = [
+            d.site for d in record.decisions
+            if (home := state.home(d.site)) is not None and record.cycle_id not in home.applied
+        ]
+        if not missing:
+            return
+        await asyncio.sleep(0.02)
+
+
+async def _refresh(view: DemoView, state: DemoState) -> None:
+    while True:
+        view.refresh(state)
+        await asyncio.sleep(VIEW_REFRESH_S)
+
+
+def sqlite_url(path: str | Path) -> str:
+    """A recorder url for ``path`` (a plain path or already ``sqlite:///…``)."""
+    text = str(path)
+    return text if text.startswith("sqlite:///") else f"sqlite:///{text}"
+

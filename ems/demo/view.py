@@ -1,0 +1,287 @@
+"""What ``ems demo`` shows: a live terminal view, or one plain line per cycle.
+
+``LiveView`` redraws a rich ``Live`` display from the ``DemoState`` a few
+times a second (from the event loop, so it never reads the state while the
+loop writes it): the simulated time, the last cycle, its allocations by rank,
+the last ten cycles, the homes and a few counters. ``PlainView`` is for
+output that is not a terminal (tests, CI logs): a line when the demo starts,
+one per closed cycle, and a summary.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TextIO
+
+from rich import box
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from ems.demo.homes import SimHome, sun_factor
+from ems.demo.runner import CycleRecord, DemoState
+from protocol.clock import next_boundary
+
+HISTORY_ROWS = 10
+SIDE_BY_SIDE_WIDTH = 140
+_KIND_SHORT = {"water_heater": "WH", "ev_charger": "EV", "heat_pump": "HP",
+               "battery": "BAT", "generic": "load"}
+_REASON_STYLE = {"exhausted": "green", "all_replied": "cyan", "deadline": "yellow",
+                 "no_surplus": "dim"}
+
+
+# Formatting helpers ------------------------------------------------------------
+
+def _kw(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _pct(share: float | None) -> str:
+    return "-" if share is None else f"{100 * share:.1f} %"
+
+
+def _hm(at: datetime) -> str:
+    return at.strftime("%H:%M")
+
+
+def _reason(record: CycleRecord) -> Text:
+    reason = record.closed.reason if record.closed is not None else "open"
+    return Text(reason, style=_REASON_STYLE.get(reason, "bold"))
+
+
+def _replies(record: CycleRecord) -> str:
+    replies = record.closed.replies if record.closed is not None else len(record.decisions)
+    return f"{replies}/{record.sites}"
+
+
+def cycle_line(record: CycleRecord) -> str:
+    """One closed cycle as a plain line (the non-terminal output)."""
+    return (
+        f"cycle {record.cycle_id}"
+        f"  surplus {record.surplus_kw:7.2f} kW"
+        f"  allocated {record.allocated_kw:6.2f} kW"
+        f"  used {_pct(record.share_used):>7}"
+        f"  injected {record.injected_kw:6.2f} kW"
+        f"  close {record.closed.reason if record.closed else 'open':<11}"
+        f"  replies {_replies(record):>5}"
+        f"  allocations {len(record.decisions)}"
+    )
+
+
+# The live view's parts -----------------------------------------------------------
+
+def _header(state: DemoState) -> Text:
+    o = state.options
+    now = state.now()
+    text = Text()
+    text.append("ems demo", style="bold")
+    text.append(f"  community {o.community} · {len(state.homes)} homes · "
+                f"broker {state.broker_kind} {state.broker_url} · speed ×{o.speed:g}\n")
+    if now is None:
+        return text
+    text.append("simulated time ", style="dim")
+    text.append(now.strftime("%Y-%m-%d %H:%M:%S UTC"), style="bold cyan")
+    text.append(f"   sun {100 * sun_factor(now):3.0f} %", style="yellow")
+    nxt = next_boundary(now, o.period_s)
+    real_s = (nxt - now).total_seconds() / o.speed
+    text.append(f"   next cycle {_hm(nxt)} in {real_s:4.1f} s", style="dim")
+    if state.stopping:
+        text.append(f"   stopping ({state.stopping})…", style="bold yellow")
+    return text
+
+
+def _summary(state: DemoState) -> RenderableType:
+    """The last cycle and the running counts, two lines in a panel."""
+    record = state.last_closed
+    text = Text()
+    if record is None:
+        text.append("waiting for the first cycle", style="dim")
+    else:
+        text.append("last cycle ", style="dim")
+        text.append(record.cycle_id, style="bold")
+        text.append("   ")
+        text.append_text(_reason(record))
+        text.append(f"   replies/sites {_replies(record)}\n")
+        text.append(f"surplus {record.surplus_kw:.2f} kW   allocated {record.allocated_kw:.2f} kW"
+                    f"   used {_pct(record.share_used)}   injected {record.injected_kw:.2f} kW")
+    reasons = ", ".join(f"{k} {v}" for k, v in sorted(state.close_reasons.items())) or "-"
+    text.append("\ncycles ", style="dim")
+    text.append(f"{state.cycles_closed} ({state.cycles_with_request} with a request: {reasons})")
+    text.append("   allocations ", style="dim")
+    text.append(f"{state.allocations} ({state.allocated_kwh:.1f} kWh)")
+    text.append("   rejected payloads ", style="dim")
+    text.append(f"{state.rejected_by_coordinator} central, {state.rejected_by_homes} homes")
+    return Panel(text, box=box.ROUNDED, expand=False)
+
+
+def _loads_on(home: SimHome | None, cycle_id: str) -> tuple[str, str]:
+    """What a home switched on for this cycle's allocation, and what it left unused."""
+    if home is None:
+        return "", ""
+    applied = home.applied.get(cycle_id)
+    if applied is None:
+        return "(not received)", ""
+    kinds = {lo.spec.id: _KIND_SHORT.get(lo.spec.kind, lo.spec.id) for lo in home.loads}
+    names = " + ".join(f"{kinds.get(load, load)} {kw:.1f}" for load, kw in applied.loads_on)
+    unused = applied.alloc_kw - applied.used_kw
+    return names or "-", (f"{unused:.2f}" if unused > 0.005 else "")
+
+
+def allocation_table(state: DemoState, record: CycleRecord | None) -> Table:
+    """The last cycle's replies by rank: offered, allocated, reply delay, loads switched on."""
+    title = f"allocations of {record.cycle_id}" if record else "allocations"
+    table = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left", pad_edge=False)
+    for name, justify in (("rank", "right"), ("site", "left"), ("flex kW", "right"),
+                          ("alloc kW", "right"), ("reply s", "right"),
+                          ("switched on", "left"), ("unused kW", "right")):
+        table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+    if record is None:
+        return table
+    decided = set()
+    for d in sorted(record.decisions, key=lambda d: d.rank):
+        decided.add(d.site)
+        loads, unused = _loads_on(state.home(d.site), record.cycle_id)
+        style = "" if d.alloc_kw > 0 else "dim"
+        table.add_row(str(d.rank), d.site, _kw(d.flex_kw), _kw(d.alloc_kw),
+                      f"{d.elapsed_s:.1f}", loads, unused, style=style)
+    # Homes that replied after the cycle closed (FIFO: nothing was left for them).
+    for home in state.homes:
+        reply = home.replies.get(record.cycle_id)
+        if reply is not None and home.site not in decided:
+            table.add_row("-", home.site, _kw(reply.flex_kw), "-", "-",
+                          "too late: closed", "", style="dim")
+    return table
+
+
+def history_table(state: DemoState) -> Table:
+    """The last ten closed cycles."""
+    table = Table(title="last cycles", box=box.SIMPLE_HEAD, title_justify="left",
+                  pad_edge=False)
+    for name in ("cycle", "S kW", "alloc kW", "used", "close", "replies"):
+        table.add_column(name, justify="left" if name in ("cycle", "close") else "right",
+                         no_wrap=True)
+    for record in list(state.history)[-HISTORY_ROWS:]:
+        table.add_row(_hm(record.period_start), _kw(record.surplus_kw),
+                      _kw(record.allocated_kw), _pct(record.share_used),
+                      _reason(record), _replies(record))
+    return table
+
+
+def homes_table(state: DemoState) -> Table:
+    """Each home now: PV, consumption, the net load it last reported, its loads."""
+    table = Table(title="homes", box=box.SIMPLE_HEAD, title_justify="left", pad_edge=False)
+    for name, justify in (("site", "left"), ("PV kWp", "right"), ("PV kW", "right"),
+                          ("use kW", "right"), ("net kW", "right"), ("loads", "left")):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for home in state.homes:
+        loads = Text()
+        for load in home.loads:
+            short = _KIND_SHORT.get(load.spec.kind, load.spec.kind)
+            if load.on:
+                loads.append(f"{short} {load.power_kw:.1f} kW ", style="bold green")
+            elif load.need_kwh <= 0.05:
+                loads.append(f"{short} full ", style="dim")
+            else:
+                loads.append(f"{short} {load.need_kwh:.1f} kWh ", style="")
+        net = home.net_export_kw
+        table.add_row(home.site, f"{home.spec.pv_kwp:.1f}" if home.spec.pv_kwp else "-",
+                      f"{home.pv_kw:.2f}", f"{home.consumption_kw:.2f}",
+                      Text(f"{net:+.2f}", style="green" if net > 0 else "red"), loads)
+    return table
+
+
+def render(state: DemoState, width: int = 140) -> RenderableType:
+    """The whole live view; the allocations and the history side by side when wide enough."""
+    record = state.last_closed
+    allocations, history = allocation_table(state, record), history_table(state)
+    middle: RenderableType = Group(allocations, history)
+    if width >= SIDE_BY_SIDE_WIDTH:
+        grid = Table.grid(padding=(0, 2))
+        grid.add_row(allocations, history)
+        middle = grid
+    footer = Text(f"records: {state.options.db_url}", style="dim")
+    if state.options.log_file is not None:
+        footer.append(f"   logs: {state.options.log_file}")
+    footer.append("   Ctrl-C to stop")
+    return Group(_header(state), _summary(state), middle, homes_table(state), footer)
+
+
+def summary_line(state: DemoState) -> str:
+    """One line when the demo ends."""
+    reasons = ", ".join(f"{k} {v}" for k, v in sorted(state.close_reasons.items())) or "none"
+    return (
+        f"demo: stopped ({state.stopping or 'error'}) after {state.cycles_closed} cycles"
+        f" ({state.cycles_with_request} with a request; {reasons}),"
+        f" {state.allocations} allocations, {state.allocated_kwh:.1f} kWh allocated,"
+        f" rejected payloads {state.rejected_by_coordinator} central"
+        f" / {state.rejected_by_homes} homes; records {state.options.db_url}"
+    )
+
+
+def started_line(state: DemoState) -> str:
+    o = state.options
+    now = state.now()
+    at = now.strftime("%Y-%m-%dT%H:%M:%SZ") if now else "?"
+    return (
+        f"demo: {len(state.homes)} homes, broker {state.broker_kind} {state.broker_url},"
+        f" speed x{o.speed:g} (a {o.period_s:g} s period every {o.period_s / o.speed:.1f} s),"
+        f" simulated time {at}"
+    )
+
+
+# The two views -----------------------------------------------------------------------
+
+class LiveView:
+    """A rich ``Live`` display, redrawn by the runner's refresh task."""
+
+    def __init__(self, console: Console | None = None) -> None:
+        self.console = console or Console()
+        self._live: Live | None = None
+
+    def started(self, state: DemoState) -> None:
+        # No auto-refresh thread: the event loop redraws, so nothing reads the state
+        # while the loop changes it.
+        self._live = Live(self._render(state), console=self.console, auto_refresh=False)
+        self._live.start(refresh=True)
+
+    def refresh(self, state: DemoState) -> None:
+        if self._live is not None:
+            self._live.update(self._render(state), refresh=True)
+
+    def cycle_closed(self, state: DemoState, record: CycleRecord) -> None:
+        self.refresh(state)
+
+    def _render(self, state: DemoState) -> RenderableType:
+        return render(state, self.console.width)
+
+    def finished(self, state: DemoState) -> None:
+        if self._live is not None:
+            self._live.update(self._render(state), refresh=True)
+            self._live.stop()
+            self._live = None
+        self.console.print(summary_line(state), highlight=False)
+
+
+class PlainView:
+    """Plain lines for logs: one when it starts, one per closed cycle, one at the end."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+
+    def _line(self, text: str) -> None:
+        self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def started(self, state: DemoState) -> None:
+        self._line(started_line(state))
+
+    def refresh(self, state: DemoState) -> None:
+        return None
+
+    def cycle_closed(self, state: DemoState, record: CycleRecord) -> None:
+        self._line(cycle_line(record))
+
+    def finished(self, state: DemoState) -> None:
+        self._line(summary_line(state))
