@@ -45,7 +45,7 @@ async def running(settings: CentralSettings) -> AsyncIterator[Coordinator]:
         await asyncio.wait_for(task, 15)
 
 
-async def until(predicate: Callable[[], bool], timeout_s: float = 10.0) -> None:
+async def until(predicate: Callable[[], bool], timeout_s: float = 30.0) -> None:
     deadline = asyncio.get_running_loop().time() + timeout_s
     while not predicate():
         if asyncio.get_running_loop().time() > deadline:
