@@ -27,6 +27,7 @@ from gateway.profiles import (
 from protocol.ids import validate_id
 from protocol.settings import (
     CommunitySettings,
+    ConfigKeyError,
     LogSettings,
     MqttSettings,
     Section,
@@ -214,54 +215,65 @@ class GatewaySettings(ServiceSettings):
 
     @model_validator(mode="after")
     def _references(self) -> GatewaySettings:
-        devices = {}
-        for d in self.devices:
+        devices: dict[str, DeviceSettings] = {}
+        for i, d in enumerate(self.devices):
             if d.id in devices:
-                raise ValueError(f"device id {d.id!r} is used twice")
+                raise ConfigKeyError(f"[devices] {i}.id", f"device id {d.id!r} is used twice")
             devices[d.id] = d
         boards = [d for d in self.devices if isinstance(d.model, PhidgetDigitalOutput)]
         if len(boards) > 1 and any(d.serial is None for d in boards):
             # Without serials each channel would attach to any board.
-            raise ValueError("several Phidget boards: each needs its 'serial'")
+            raise ConfigKeyError("[devices] serial",
+                                 "several Phidget boards: each needs its serial")
         seen: dict[tuple[str, int], str] = {}
         load_ids = set()
-        for load in self.loads:
+        for i, load in enumerate(self.loads):
+            key = f"[loads] {i}"
             if load.id in load_ids:
-                raise ValueError(f"load id {load.id!r} is used twice")
+                raise ConfigKeyError(f"{key}.id", f"load id {load.id!r} is used twice")
             load_ids.add(load.id)
             dev = devices.get(load.device)
             if dev is None:
-                raise ValueError(f"load {load.id}: unknown device {load.device!r}")
+                raise ConfigKeyError(f"{key}.device", f"load {load.id}: unknown device "
+                                     f"{load.device!r}")
             profile = dev.model
             if not isinstance(profile, SwitchProfile):
-                raise ValueError(f"load {load.id}: device {dev.id} has no relay ({profile.name})")
+                raise ConfigKeyError(
+                    f"{key}.device",
+                    f"load {load.id}: device {dev.id} has no relay ({profile.name})",
+                )
             if load.channel >= profile.channels:
-                raise ValueError(
+                raise ConfigKeyError(
+                    f"{key}.channel",
                     f"load {load.id}: channel {load.channel} out of range for "
-                    f"{profile.name} (0..{profile.channels - 1})"
+                    f"{profile.name} (0..{profile.channels - 1})",
                 )
             if load.max_power_kw > profile.max_power_kw and not load.contactor:
-                raise ValueError(
+                raise ConfigKeyError(
+                    f"{key}.max_kw",
                     f"load {load.id}: max {load.max_power_kw} kW exceeds the "
                     f"{profile.name}'s rating of {profile.max_power_kw} kW "
-                    "(switch it through a contactor and set contactor = true)"
+                    "(switch it through a contactor and set contactor = true)",
                 )
             if load.energized_means == "off" and not isinstance(profile, PhidgetDigitalOutput):
-                raise ValueError(
-                    f"load {load.id}: energized_means = \"off\" only applies to relay boards"
+                raise ConfigKeyError(f"{key}.energized_means",
+                                     f"load {load.id}: \"off\" only applies to relay boards")
+            where = (load.device, load.channel)
+            if where in seen:
+                raise ConfigKeyError(
+                    f"{key}.channel",
+                    f"loads {seen[where]} and {load.id} share {dev.id} channel {load.channel}",
                 )
-            key = (load.device, load.channel)
-            if key in seen:
-                raise ValueError(
-                    f"loads {seen[key]} and {load.id} share {dev.id} channel {load.channel}"
-                )
-            seen[key] = load.id
+            seen[where] = load.id
         if self.meter.device is not None:
             dev = devices.get(self.meter.device)
             if dev is None:
-                raise ValueError(f"[meter] device {self.meter.device!r} is not configured")
+                raise ConfigKeyError("[meter] device",
+                                     f"meter device {self.meter.device!r} is not configured")
             if not isinstance(dev.model, ShellyGen1Meter | ShellyGen2Meter | GenericMqttMeter):
-                raise ValueError(f"[meter] device {dev.id} is not a meter ({dev.model.name})")
+                raise ConfigKeyError(
+                    "[meter] device", f"{dev.id} is not a meter ({dev.model.name})"
+                )
         return self
 
 

@@ -41,6 +41,15 @@ class ConfigError(Exception):
         super().__init__("\n".join(lines))
 
 
+class ConfigKeyError(ValueError):
+    """Raised by a cross-section check to name the key at fault (e.g. ``[loads] 1.device``)."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}")
+        self.key = key
+        self.message = message
+
+
 class Section(BaseModel):
     """A config section: unknown keys are errors (a typo must not pass silently)."""
 
@@ -164,6 +173,9 @@ def load_settings(
                 msg = "unknown key"
             loc = tuple(err.get("loc", ()))
             key = _key(loc)
+            cause = (err.get("ctx") or {}).get("error")
+            if isinstance(cause, ConfigKeyError):
+                key, msg = cause.key, cause.message
             if err.get("type") == "missing":
                 msg = "required key is missing"
                 if len(loc) == 1:  # the required top-level entries are sections
@@ -181,6 +193,7 @@ __all__ = [
     "ID_PATTERN",
     "CommunitySettings",
     "ConfigError",
+    "ConfigKeyError",
     "LogSettings",
     "MqttSettings",
     "Section",
