@@ -13,6 +13,7 @@ import contextlib
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import structlog
 
@@ -22,6 +23,7 @@ from gateway.config import GatewaySettings
 from gateway.devices.base import Device, NetMeter, Relay
 from gateway.devices.registry import build_device
 from gateway.ems import Command, LoadSpec, LocalEms
+from gateway.ems.grid import GridOutlook, Window
 from gateway.ems.ledger import PeriodLedger
 from gateway.ems.loads import Mode
 from gateway.errors import DeviceError
@@ -35,6 +37,7 @@ from protocol import (
     CycleRequest,
     Flex,
     GridShed,
+    GridSignal,
     LoadFlex,
     LoadState,
     NetLoad,
@@ -72,6 +75,8 @@ def spec_of(load: Any) -> LoadSpec:
         soc_max=load.soc_max,
         departure=load.departure,
         energy_need_kwh=load.energy_need_kwh,
+        preheat_hours=load.preheat_hours,
+        normally_on=load.energized_means == "off",
     )
 
 
@@ -129,7 +134,11 @@ class Gateway:
             unresponsive_hold_s=settings.ems.unresponsive_hold_s,
             local_self_consumption=settings.ems.local_self_consumption,
             max_flex_kw=settings.community.max_site_kw,
+            max_import_kw=settings.ems.max_import_kw,
         )
+        self.grid_tz = ZoneInfo(settings.ems.grid_timezone)
+        shed_levels = [ld.shed_level for ld in settings.loads if ld.shed_level is not None]
+        self._stress_threshold = min(shed_levels, default=2)
         state_dir = Path(settings.state.dir)
         self.outbox = Outbox(state_dir / f"outbox-{self.site}.sqlite")
         self.hass = HassDiscovery(
@@ -145,6 +154,7 @@ class Gateway:
         self.alloc_until_s: float | None = None
         self.last_alloc: Alloc | None = None
         self.shed: GridShed | None = None
+        self.signal: GridSignal | None = None
         self.rejected = 0
         self._published_states: dict[str, tuple[Any, ...]] = {}
         self._ledger: PeriodLedger | None = None
@@ -173,6 +183,7 @@ class Gateway:
             t.cycle_closed(): self._on_closed,
             t.coordinator_status(): self._on_coordinator_status,
             t.grid_shed(): self._on_shed,
+            t.grid_signal(): self._on_signal,
         }
         for topic, handler in handlers.items():
             self.bus.subscribe(topic, self._guarded(handler))
@@ -312,13 +323,31 @@ class Gateway:
         self.shed = msg
         self._apply_grid_level()
 
+    def _on_signal(self, msg: Payload) -> None:
+        assert isinstance(msg, GridSignal)
+        self.signal = msg
+        self._apply_grid_level()
+
+    def grid_outlook(self) -> GridOutlook:
+        """Levels from the retained signal and shed window: kept, so shedding
+        happens on time even while the coordinator is silent."""
+        sig, shed = self.signal, self.shed
+        window = Window(shed.from_, shed.until, shed.level) if shed is not None else None
+        return GridOutlook.build(
+            sig.day if sig else None, sig.hours if sig else None, window, self.grid_tz
+        )
+
     def _apply_grid_level(self) -> None:
-        shed = self.shed
+        outlook = self.grid_outlook()
         now = self.clock.now()
-        level = shed.level if shed is not None and shed.from_ <= now < shed.until else 0
+        level = outlook.level_at(now)
         if level != self.ems.grid_level:
             self.log.info("grid_level", level=level)
-            self._enqueue(self.ems.set_grid_level(level, self.now_s()))
+        windows = [
+            (self.to_s(w.start), self.to_s(w.end), w.level)
+            for w in outlook.windows_from(self._stress_threshold, now)
+        ]
+        self._enqueue(self.ems.set_grid_outlook(level, windows, self.now_s()))
 
     # Devices -----------------------------------------------------------------------------
     def _on_device_change(self, relay_id: str) -> None:

@@ -126,6 +126,9 @@ class LoadSettings(Section):
     soc_max: float = Field(default=0.8, ge=0, le=1)
     departure: time | None = None
     energy_need_kwh: float | None = Field(default=None, ge=0, le=500)
+    # Anticipation: run this long before a stress window that will cut it
+    # (water heaters, EVs, batteries only).
+    preheat_hours: float = Field(default=0.0, ge=0, le=24)
 
     @field_validator("id")
     @classmethod
@@ -167,6 +170,21 @@ class EmsSettings(Section):
     unresponsive_hold_s: float = Field(default=3600, ge=0, le=86_400)
     local_self_consumption: bool = True
     coordinator_silence_s: float | None = Field(default=None, gt=0)
+    # The home's contracted import (kVA ~ kW): anticipation never goes above it.
+    max_import_kw: float | None = Field(default=None, gt=0, le=250)
+    # The grid operator's time zone: grid/signal's hours are its local hours.
+    grid_timezone: str = "Europe/Paris"
+
+    @field_validator("grid_timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}") from None
+        return value
 
 
 class HomeAssistantSettings(Section):

@@ -93,6 +93,7 @@ class LocalEms:
         local_self_consumption: bool = True,
         max_flex_kw: float = 50.0,
         continue_grace_s: float = 120.0,
+        max_import_kw: float | None = None,
     ) -> None:
         self.specs = {s.id: s for s in specs}
         self.rt = {s.id: LoadRuntime() for s in specs}
@@ -104,6 +105,9 @@ class LocalEms:
         self.continue_grace_s = continue_grace_s
         self._continuing: dict[str, float] = {}
         self.grid_level = 0
+        self.grid_windows: list[tuple[float, float, int]] = []
+        self.max_import_kw = max_import_kw
+        self._preheat: set[str] = set()
         self.highest_epoch = 0
         # Applied cycles until their allocation expires (an expired one is refused anyway).
         self._applied: dict[Any, float] = {}
@@ -181,6 +185,18 @@ class LocalEms:
     def set_grid_level(self, level: int, now_s: float) -> list[Command]:
         """The grid level now (0-3); loads whose shed level it reaches are cut."""
         self.grid_level = level
+        return self._reconcile(now_s)
+
+    def set_grid_outlook(
+        self, level: int, windows: Sequence[tuple[float, float, int]], now_s: float
+    ) -> list[Command]:
+        """The level now and the stress windows ahead (start_s, end_s, level).
+
+        Loads that store energy and have ``preheat_hours`` run ahead of a window
+        that will cut them (anticipation), when the home can afford it.
+        """
+        self.grid_level = level
+        self.grid_windows = [(float(a), float(b), int(c)) for a, b, c in windows]
         return self._reconcile(now_s)
 
     # The coordinator ---------------------------------------------------------------
@@ -274,6 +290,7 @@ class LocalEms:
             if rt.unresponsive_until_s is not None and now_s >= rt.unresponsive_until_s:
                 rt.unresponsive_until_s = None
         self._plan_local(now_s, net_export_kw)
+        self._plan_preheat(now_s, net_export_kw)
         return self._reconcile(now_s)
 
     # Views -----------------------------------------------------------------------------
@@ -302,7 +319,7 @@ class LocalEms:
         out = []
         for load, spec in self.specs.items():
             rt = self.rt[load]
-            if not rt.available or rt.mode != "auto":
+            if not rt.available or rt.mode != "auto" or spec.normally_on:
                 continue
             if spec.shed_level is not None and self.grid_level >= spec.shed_level:
                 continue
@@ -346,9 +363,9 @@ class LocalEms:
             now_s < rt.allocated_until_s or (spec.id in self._continuing and rt.on)
         ):
             return True, "allocation"
-        if spec.id in self._local_on:
+        if spec.id in self._local_on or spec.id in self._preheat:
             return True, "local"
-        return False, "idle"
+        return spec.normally_on, "idle"
 
     def _reconcile(self, now_s: float) -> list[Command]:
         commands = []
@@ -402,7 +419,7 @@ class LocalEms:
         candidates = []
         for load, spec in self.specs.items():
             rt = self.rt[load]
-            if not rt.available or rt.mode != "auto":
+            if not rt.available or rt.mode != "auto" or spec.normally_on:
                 continue
             if spec.shed_level is not None and self.grid_level >= spec.shed_level:
                 continue
@@ -419,6 +436,58 @@ class LocalEms:
                 continue
             candidates.append(Candidate(load, spec.run_kw, spec.priority))
         self._local_on = {c.id for c in choose_loads(candidates, budget)}
+
+    def _plan_preheat(self, now_s: float, net_export_kw: float | None) -> None:
+        """Run storing loads ahead of a stress window that will cut them.
+
+        Within ``preheat_hours`` before a window reaching its shed level, a
+        water heater, an EV or a battery that still wants energy runs (reason
+        ``local``), if the home's import stays within ``max_import_kw`` (its
+        contract), so comfort holds through the window.
+        """
+        chosen: set[str] = set()
+        import_kw = -net_export_kw if net_export_kw is not None else 0.0
+        # What already runs for anticipation is part of today's import.
+        headroom = None
+        if self.max_import_kw is not None:
+            running = sum(self.specs[ld].run_kw for ld in self._preheat if self.rt[ld].on)
+            headroom = self.max_import_kw - (import_kw - running)
+        for load, spec in sorted(self.specs.items(), key=lambda kv: -kv[1].priority):
+            rt = self.rt[load]
+            if (
+                spec.preheat_hours <= 0
+                or not spec.stores_energy
+                or spec.shed_level is None
+                or spec.normally_on
+            ):
+                continue
+            if not rt.available or rt.mode != "auto":
+                continue
+            if self.grid_level >= spec.shed_level:
+                continue  # already in the window: shed wins
+            if rt.unresponsive_until_s is not None and now_s < rt.unresponsive_until_s:
+                continue  # full (a satisfied tank draws nothing)
+            need = spec.energy_need()
+            if need is not None and need <= 0:
+                continue
+            ahead = spec.preheat_hours * 3600.0
+            if not any(
+                level >= spec.shed_level and now_s < start <= now_s + ahead
+                for start, _end, level in self.grid_windows
+            ):
+                continue
+            if not rt.on and not WearGuard.may_start(spec, rt, now_s):
+                continue
+            if headroom is not None:
+                if spec.run_kw > headroom:
+                    continue
+                headroom -= spec.run_kw
+            chosen.add(load)
+        if chosen != self._preheat:
+            started = sorted(chosen - self._preheat)
+            if started:
+                self._event("preheat", None, loads=started)
+        self._preheat = chosen
 
     def _refuse(self, why: str, cycle: Any) -> AllocationResult:
         self._event("allocation_refused", None, cycle=str(cycle), why=why)

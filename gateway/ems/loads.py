@@ -31,6 +31,16 @@ class LoadSpec:
     soc_max: float = 0.8
     departure: time | None = None
     energy_need_kwh: float | None = None
+    preheat_hours: float = 0.0
+    # Wired so that the relay only cuts it (energised = cut, as the prototype
+    # did): left alone it runs on its own thermostat, so its idle state is on
+    # and it offers no flexibility; it is only ever cut (shed, manual).
+    normally_on: bool = False
+
+    @property
+    def stores_energy(self) -> bool:
+        """Whether running it early keeps comfort later (a tank, a battery, a car)."""
+        return self.kind in ("water_heater", "ev_charger", "battery")
 
     @property
     def run_kw(self) -> float:

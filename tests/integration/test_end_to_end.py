@@ -100,7 +100,7 @@ def test_coordinator_and_three_gateways(mosquitto: Any, topic_root: str, tmp_pat
                                 "open_timeout_ms": 500})
                 loads = [{"id": "hp", "kind": "heat_pump", "device": "board", "channel": 3,
                           "nominal_kw": 1.5, "min_kw": 1.0, "max_kw": 2.0, "contactor": True,
-                          "energized_means": "off", "min_on_s": 0, "min_off_s": 0}]
+                          "min_on_s": 0, "min_off_s": 0}]
             settings = gateway_settings(mosquitto, topic_root, f"home{i}", tmp_path,
                                         devices, loads)
             options = {"board": {"channel_factory": board.digital_output}} if i == 2 else None
@@ -146,7 +146,7 @@ def test_coordinator_and_three_gateways(mosquitto: Any, topic_root: str, tmp_pat
             # The relays are on, for the allocation, and the plugs measure it.
             await until(lambda: all(p.output() for p in plugs))
             await until(lambda: all(p.power_w() > 2000 for p in plugs))
-            assert board.energised(3) is False  # wired "off": de-energised = heat pump on
+            assert board.energised(3) is True  # wired "on": energised = heat pump on
             await until(lambda: all(
                 rt.on and rt.reason == "allocation" for gw in gateways
                 for rt in gw.ems.rt.values()))
