@@ -351,7 +351,6 @@ class HubSpec:
     window: int
     coordinator_max_inflight: int = COORDINATOR_MAX_INFLIGHT
     recorder_path: str = ""
-    patch_bus_window: bool = False
 
 
 def hub_process(conn: Connection, spec: HubSpec) -> None:
@@ -485,20 +484,11 @@ def _configure_hub_logging() -> _LogTally:
 async def _coordinator_hub(conn: Connection, spec: HubSpec) -> None:
     """The real coordinator, in this process's event loop."""
     tally = _configure_hub_logging()
-    max_inflight = spec.coordinator_max_inflight
-    if spec.patch_bus_window:
-        # Diagnostic only, never the default (docs/benchmarks.md, "Known problems"):
-        # an empty _WindowStorage is falsy, so gmqtt replaces it and the window is
-        # inert; and gmqtt holds at most receive_maximum - 1 = 999 ids.
-        from central import bus
-
-        bus._WindowStorage.__bool__ = lambda self: True
-        max_inflight = min(max_inflight, WINDOW)
     settings = load_central_settings(
         None,
         env={},
         mqtt={"host": spec.host, "port": spec.port,
-              "max_inflight": max_inflight,
+              "max_inflight": spec.coordinator_max_inflight,
               "client_id": f"bench-central-{spec.community}"},
         community={"id": spec.community, "topic_root": spec.root},
         cycle={"period_s": PERIOD_S, "reply_timeout_s": REPLY_TIMEOUT_S, "strategy": "fifo"},
@@ -642,7 +632,7 @@ class SizeResult:
     coordinator_gc_count_by_gen: list[list[int]] = field(default_factory=list)
     core_offer_many_rps: list[float] = field(default_factory=list)
     core_offer_rps: list[float] = field(default_factory=list)
-    core_offer_many_nogc_rps: list[float] = field(default_factory=list)
+    core_offer_many_frozen_rps: list[float] = field(default_factory=list)
     coordinator_peak_rss_mb: float | None = None
     coordinator_log_warnings: dict[str, int] = field(default_factory=dict)
     coordinator_log_events: dict[str, int] = field(default_factory=dict)
@@ -672,7 +662,7 @@ class SizeResult:
         out["ratio_coordinator_to_replies"] = self.ratio_replies
         out["core_offer_many_rps_best"] = max(self.core_offer_many_rps, default=None)
         out["core_offer_many_rps_median"] = self.median("core_offer_many_rps")
-        out["core_offer_many_nogc_rps_median"] = self.median("core_offer_many_nogc_rps")
+        out["core_offer_many_frozen_rps_median"] = self.median("core_offer_many_frozen_rps")
         out["core_offer_rps_median"] = self.median("core_offer_rps")
         return out
 
@@ -693,22 +683,26 @@ def _delta(after: float | None, before: float | None) -> float | None:
 
 
 def core_throughput(n: int, runs: int = CORE_RUNS) -> dict[str, list[float]]:
-    """Replies per second of the pure core: ``offer_many``, the same with the garbage
-    collector off (to show its share), and one-by-one ``offer``.
+    """Replies per second of the pure core: ``offer_many``, the same with the heap
+    frozen as the coordinator runs a cycle, and one-by-one ``offer``.
 
     FIFO, every site served (surplus 2 kW x N, 1 kW each), pre-built ``Offer``s.
+    The frozen variant does what ``central.app.Coordinator`` does around a cycle
+    (``gc.freeze()`` once the request is out, ``gc.unfreeze()`` at close): what
+    exists before ``offer_many`` (the cycle, the sites, here also the prebuilt
+    offers) leaves the collector's scans; what it creates is still collected.
     """
     fifo = get_strategy("fifo")
     sites = [f"s{i:06d}" for i in range(n)]
     offers = [Offer(s, CYCLE_ZERO, FLEX_KW, 0.001 * i) for i, s in enumerate(sites)]
-    out: dict[str, list[float]] = {"offer_many": [], "offer_many_nogc": [], "offer": []}
+    out: dict[str, list[float]] = {"offer_many": [], "offer_many_frozen": [], "offer": []}
     for _ in range(runs):
         for variant, rates in out.items():
             cycle, _ = Cycle.open(CYCLE_ZERO, NET_EXPORT_KW * n, sites, fifo,
                                   deadline_s=REPLY_TIMEOUT_S)
             gc.collect()
-            if variant == "offer_many_nogc":
-                gc.disable()
+            if variant == "offer_many_frozen":
+                gc.freeze()
             try:
                 t0 = time.perf_counter()
                 if variant == "offer":
@@ -719,7 +713,8 @@ def core_throughput(n: int, runs: int = CORE_RUNS) -> dict[str, list[float]]:
                     cycle.offer_many(offers)
                 elapsed = time.perf_counter() - t0
             finally:
-                gc.enable()
+                if variant == "offer_many_frozen":
+                    gc.unfreeze()
             if len(cycle.decisions) != n or cycle.close_reason != "all_replied":
                 raise RuntimeError(f"core served {len(cycle.decisions)}/{n} "
                                    f"({cycle.close_reason})")
@@ -730,7 +725,7 @@ def core_throughput(n: int, runs: int = CORE_RUNS) -> dict[str, list[float]]:
 async def measure_size(
     n: int, repeat: int, host: str, port: int, broker_pid: int | None, root: str,
     workdir: Path, coordinator_max_inflight: int = COORDINATOR_MAX_INFLIGHT,
-    patch_bus_window: bool = False, connections: int = GATEWAY_CONNECTIONS, window: int = WINDOW,
+    connections: int = GATEWAY_CONNECTIONS, window: int = WINDOW,
 ) -> SizeResult:
     """All network runs for one N (floors and coordinator interleaved), then the core."""
     result = SizeResult(n)
@@ -740,8 +735,7 @@ async def measure_size(
     coord_sim = GatewaySim(Topics(coord_c, root), n, connections, window)
     floor = Hub(HubSpec("floor", host, port, root, floor_c, n, window))
     coord = Hub(HubSpec("coordinator", host, port, root, coord_c, n, window,
-                        coordinator_max_inflight, str(workdir / f"central-{n}.sqlite"),
-                        patch_bus_window))
+                        coordinator_max_inflight, str(workdir / f"central-{n}.sqlite")))
     sims = (floor_sim, coord_sim)
     finished = False
     try:
@@ -858,7 +852,6 @@ class BenchResult:
     machine: dict[str, Any]
     wall_s: float
     bench_peak_rss_mb: float
-    patch_bus_window: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -866,7 +859,6 @@ class BenchResult:
             "machine": self.machine,
             "wall_s": self.wall_s,
             "bench_peak_rss_mb": self.bench_peak_rss_mb,
-            "patch_bus_window": self.patch_bus_window,
             "sizes": [s.summary() for s in self.sizes],
         }
 
@@ -896,7 +888,7 @@ def machine_info() -> dict[str, Any]:
 
 async def run_benchmark(
     sizes: Sequence[int], repeat: int, *, broker: Any | None = None, root: str = "ems",
-    coordinator_max_inflight: int = COORDINATOR_MAX_INFLIGHT, patch_bus_window: bool = False,
+    coordinator_max_inflight: int = COORDINATOR_MAX_INFLIGHT,
 ) -> BenchResult:
     """Run everything; start (and always stop) a local Mosquitto unless ``broker`` is given."""
     t0 = time.monotonic()
@@ -913,7 +905,6 @@ async def run_benchmark(
             result = await measure_size(
                 n, repeat, broker.host, broker.port, pid, root, workdir,
                 coordinator_max_inflight=coordinator_max_inflight,
-                patch_bus_window=patch_bus_window,
             )
             # After the network runs, once their simulators are freed: a big heap
             # would make the collector's full passes slower than in the coordinator.
@@ -921,12 +912,11 @@ async def run_benchmark(
             progress(f"N={n:,}: pure core, {CORE_RUNS} runs")
             core = core_throughput(n)
             result.core_offer_many_rps = core["offer_many"]
-            result.core_offer_many_nogc_rps = core["offer_many_nogc"]
+            result.core_offer_many_frozen_rps = core["offer_many_frozen"]
             result.core_offer_rps = core["offer"]
             results.append(result)
     machine["loadavg_end"] = os.getloadavg()
-    return BenchResult(results, repeat, machine, time.monotonic() - t0, _peak_rss_mb(),
-                       patch_bus_window)
+    return BenchResult(results, repeat, machine, time.monotonic() - t0, _peak_rss_mb())
 
 
 # Reporting --------------------------------------------------------------------------------
@@ -981,8 +971,8 @@ def format_table(bench: BenchResult) -> str:
                       f"{cpu_us(s, 'broker_cpu_floor_s')}"),
         row(f"core offer_many, median of {CORE_RUNS} (M replies/s, target >= 1)",
             lambda s: _fmt((s.median("core_offer_many_rps") or 0) / 1e6, ".2f")),
-        row("core offer_many, garbage collector off (M replies/s)",
-            lambda s: _fmt((s.median("core_offer_many_nogc_rps") or 0) / 1e6, ".2f")),
+        row("core offer_many, GC frozen as the coordinator runs it (M replies/s)",
+            lambda s: _fmt((s.median("core_offer_many_frozen_rps") or 0) / 1e6, ".2f")),
         row("core offer() one by one (M replies/s)",
             lambda s: _fmt((s.median("core_offer_rps") or 0) / 1e6, ".2f")),
         row("coordinator / relay time in the garbage collector (s)",
@@ -1005,9 +995,6 @@ def format_table(bench: BenchResult) -> str:
                  f"{mach['mosquitto']}; load avg {mach['loadavg_start'][0]:.2f} -> "
                  f"{mach.get('loadavg_end', (0,))[0]:.2f}; wall {bench.wall_s:.0f} s; "
                  f"bench process peak RSS {bench.bench_peak_rss_mb:.0f} MB")
-    if bench.patch_bus_window:
-        lines.append("NOTE: --patch-bus-window: the coordinator ran with MqttBus's window "
-                     "patched by the benchmark (diagnostic, not the shipped code).")
     if not all(s.complete for s in sizes):
         lines.append("WARNING: some runs were incomplete (see the progress lines); "
                      "their medians use the complete runs only.")
@@ -1041,9 +1028,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--coordinator-max-inflight", type=int,
                         default=COORDINATOR_MAX_INFLIGHT,
                         help="the coordinator's [mqtt] max_inflight (default 1000)")
-    parser.add_argument("--patch-bus-window", action="store_true",
-                        help="diagnostic: make central.bus's in-flight window work in the "
-                             "coordinator process (see docs/benchmarks.md)")
     args = parser.parse_args(argv)
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
@@ -1054,8 +1038,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         bench = asyncio.run(run_benchmark(
-            sizes, args.repeat, coordinator_max_inflight=args.coordinator_max_inflight,
-            patch_bus_window=args.patch_bus_window))
+            sizes, args.repeat, coordinator_max_inflight=args.coordinator_max_inflight))
     except KeyboardInterrupt:
         progress("interrupted; broker, hubs and temp files cleaned up")
         return 130

@@ -116,6 +116,8 @@ class Gateway:
             )
         self.relay_of_load: dict[str, Relay] = {}
         self.load_of_relay: dict[str, str] = {}
+        self.device_of_load = {load.id: load.device for load in settings.loads}
+        self._lanes = {dev.id: asyncio.Lock() for dev in settings.devices}
         for load in settings.loads:
             device = self.devices[load.device]
             wiring = getattr(device, "set_wiring", None)
@@ -367,8 +369,17 @@ class Gateway:
             self.commands.put_nowait(command)
 
     async def _worker(self) -> None:
-        while True:
-            command = await self.commands.get()
+        """Take commands in order; each device has its own lane, so a slow RPC on
+        one plug does not hold up the relays of another (commands to one device
+        keep their order: asyncio.Lock hands over first come, first served)."""
+        async with asyncio.TaskGroup() as lanes:
+            while True:
+                command = await self.commands.get()
+                device = self.device_of_load[command.load]
+                lanes.create_task(self._execute(command, self._lanes[device]))
+
+    async def _execute(self, command: Command, lane: asyncio.Lock) -> None:
+        async with lane:
             relay = self.relay_of_load[command.load]
             try:
                 await relay.set(command.on)
@@ -454,8 +465,10 @@ class Gateway:
             degraded = not self.coordinator_online or heard is None or now_s - heard > silence
             if degraded != self.degraded:
                 self.degraded = degraded
-                self.log.warning("degraded" if degraded else "coordinated",
-                                 coordinator_online=self.coordinator_online)
+                if degraded:
+                    self.log.warning("degraded", coordinator_online=self.coordinator_online)
+                else:
+                    self.log.info("coordinated", coordinator_online=self.coordinator_online)
             self.hass.publish_context(build_context(
                 net_export_kw=net,
                 alloc=self.last_alloc if self.alloc_until_s is not None else None,

@@ -44,7 +44,7 @@ def test_benchmark_measures_every_column(mosquitto: Any, topic_root: str) -> Non
         assert values[0] > 0, column
     assert size.ratio_round_trip is not None and size.ratio_round_trip > 0
     assert size.ratio_replies is not None and size.ratio_replies > 0
-    for rates in (size.core_offer_many_rps, size.core_offer_many_nogc_rps, size.core_offer_rps):
+    for rates in (size.core_offer_many_rps, size.core_offer_many_frozen_rps, size.core_offer_rps):
         assert len(rates) == CORE_RUNS
         assert all(r > 0 for r in rates)
     assert size.coordinator_peak_rss_mb is not None and size.coordinator_peak_rss_mb > 0
