@@ -51,6 +51,7 @@ from protocol import (
 from protocol.clock import Clock, next_boundary
 from protocol.codec import Limits
 from protocol.models import MAX_ENERGY_KWH, Payload
+from protocol.topics import TopicKind
 
 log = structlog.get_logger("gateway")
 
@@ -247,6 +248,11 @@ class Gateway:
         def run(topic: str, payload: bytes) -> None:
             route = self.topics.parse(topic)
             if route is None:
+                return
+            if not payload and route.kind == TopicKind.GRID_SIGNAL:
+                # The coordinator removed its retained signal: nothing is known.
+                self.signal = None
+                self._apply_grid_level()
                 return
             msg = decode(route, payload, self.limits)
             if isinstance(msg, Rejection):

@@ -232,7 +232,9 @@ class LocalEms:
             return self._refuse("old_epoch", cycle)
         if valid_until_s <= now_s:
             return self._refuse("expired", cycle)
-        for old in [c for c, until in self._applied.items() if until <= now_s]:
+        # Forget a cycle a day after its allocation expired (96 a day at most):
+        # never soon enough for the same cycle to come back with another expiry.
+        for old in [c for c, until in self._applied.items() if until + 86_400.0 <= now_s]:
             del self._applied[old]
         if cycle in self._applied:
             return self._refuse("duplicate", cycle)
@@ -410,11 +412,15 @@ class LocalEms:
             return
         # Power the local logic itself runs and may take back: only loads still
         # on for that reason (not one the resident has since forced on).
-        running = sum(
-            self.specs[ld].run_kw
-            for ld in self._local_on
-            if self.rt[ld].on and self.rt[ld].reason == "local" and self.rt[ld].mode == "auto"
-        )
+        running = 0.0
+        for ld in self._local_on:
+            rt = self.rt[ld]
+            if not (rt.on and rt.reason == "local" and rt.mode == "auto" and rt.available):
+                continue
+            if rt.unresponsive_until_s is not None and now_s < rt.unresponsive_until_s:
+                continue  # it draws nothing: no power to take back
+            run_kw = self.specs[ld].run_kw
+            running += min(rt.measured_kw, run_kw) if rt.measured_kw is not None else run_kw
         budget = net_export_kw + running - LOCAL_MARGIN_KW
         candidates = []
         for load, spec in self.specs.items():

@@ -28,9 +28,10 @@ class Candidate:
 
 
 def _key(chosen: Sequence[Candidate], tiers: Sequence[int]) -> tuple[float, ...]:
-    per_tier = [sum(c.kw for c in chosen if c.priority == p) for p in tiers]
+    # Rounded: 1.1 + 2.2 = 3.3000000000000003 must not outrank a deadline.
+    per_tier = [round(sum(c.kw for c in chosen if c.priority == p), 6) for p in tiers]
     urgency = sum(1.0 / (1.0 + c.deadline_s) for c in chosen if c.deadline_s is not None)
-    return (*per_tier, urgency, sum(c.kw for c in chosen))
+    return (*per_tier, round(urgency, 9), round(sum(c.kw for c in chosen), 6))
 
 
 def choose_loads(candidates: Sequence[Candidate], power_kw: float) -> list[Candidate]:
