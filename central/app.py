@@ -7,6 +7,11 @@ logged, never fatal), feeds replies to the core in arrival order, commits the
 burst's replies and decisions in one transaction, then publishes each
 ``alloc/{s}``. So every decision is durable before its allocation leaves, and
 nothing runs concurrently with the core.
+
+The grid-stress signal (RTE Ecowatt and manual overrides) is its own task,
+``GridService``, in the same task group: it polls, persists and publishes
+``grid/signal`` and ``grid/shed`` by itself, so a slow or failing RTE never
+delays a cycle; the consumer only hands it ``admin/signal/set`` messages.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from central.config import CentralSettings
 from central.core import Cycle, Offer, SiteBook, Step, get_strategy
 from central.core.cycle import LoadOffer
 from central.core.strategy import StrategyState
+from central.ecowatt.service import GridService, RecorderOverrides
 from central.recorder import Recorder, ReplyRow
 from protocol import (
     AdminSignalSet,
@@ -123,10 +129,18 @@ class Coordinator:
         )
         self.queue: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
         self.stats = Stats()
+        self._reports: list[tuple[str, Report, datetime]] = []
         self.current: OpenCycle | None = None
         self.closed_cycles: list[CycleClosed] = []
         self._listeners: list[Callable[[str, Any], None]] = []
         self._ready = asyncio.Event()
+        self.grid = GridService.build(
+            settings.ecowatt,
+            clock=clock,
+            topics=self.topics,
+            publish=self.bus.publish,
+            store=RecorderOverrides(self.recorder, self._db),
+        )
 
     # Public --------------------------------------------------------------------
     def add_listener(self, listener: Callable[[str, Any], None]) -> None:
@@ -154,8 +168,10 @@ class Coordinator:
             async with asyncio.TaskGroup() as tg:
                 consumer = tg.create_task(self._consume(), name="consumer")
                 scheduler = tg.create_task(self._schedule(), name="scheduler")
+                grid = tg.create_task(self._run_grid(), name="grid")
                 await stop.wait()
                 scheduler.cancel()
+                grid.cancel()
                 # Let the consumer finish what is queued, then stop it.
                 await self.queue.join()
                 consumer.cancel()
@@ -166,6 +182,13 @@ class Coordinator:
         """Open a cycle at once (tests, operator command); normally the scheduler does it."""
         at = period_start or self.clock.now()
         await self.queue.put(("boundary", at))
+
+    async def _run_grid(self) -> None:
+        # The grid signal is a service to the homes, not a reason to stop cycles.
+        try:
+            await self.grid.run()
+        except Exception:
+            self.log.exception("grid_service_failed")
 
     # MQTT side -----------------------------------------------------------------
     def _enqueue_message(self, topic: str, payload: bytes) -> None:
@@ -221,6 +244,9 @@ class Coordinator:
                 await self._tick(item[1])
         if offers:
             await self._feed(offers)
+        reports, self._reports = self._reports, []
+        for site, report, received_at in reports:
+            await self._record_report(site, report, received_at)
 
     def _handle_message(self, topic: str, payload: bytes, arrived: float) -> Offer | None:
         route = self.topics.parse(topic)
@@ -258,10 +284,11 @@ class Coordinator:
                 self.log.debug("site_seen", site=site, state=msg.state, version=msg.version)
         elif isinstance(msg, Report):
             assert site is not None
-            asyncio.get_running_loop().create_task(self._record_report(site, msg, now))
+            self._reports.append((site, msg, now))  # recorded by the consumer, in order
         elif isinstance(msg, AdminSignalSet):
-            self.stats.ignored["admin_not_supported"] += 1
-            self.log.warning("admin_command_ignored", topic=topic, reason="not supported yet")
+            self.log.info("admin_signal_received", day=msg.day.isoformat(), hour=msg.hour,
+                          level=msg.level)
+            self.grid.submit(msg)
         return None
 
     def _offer_of(self, site: str, msg: Flex, arrived: float) -> Offer:

@@ -9,12 +9,23 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
+from central.core.grid import DEFAULT_SHED_THRESHOLD
 from central.core.strategy import STRATEGIES
+from central.ecowatt import (
+    PRODUCTION_MIN_INTERVAL_S,
+    PRODUCTION_SIGNALS_URL,
+    PRODUCTION_TOKEN_URL,
+    RTE_HOST,
+    SANDBOX_SIGNALS_URL,
+)
 from protocol.settings import (
     CommunitySettings,
+    ConfigKeyError,
     LogSettings,
     MqttSettings,
     Section,
@@ -77,6 +88,85 @@ class RecorderSettings(Section):
         return Path(path)
 
 
+class EcowattSettings(Section):
+    """``[ecowatt]``: RTE's grid-stress signal (reference/devices-and-apis.md §4)."""
+
+    enabled: bool = False
+    token_url: str = PRODUCTION_TOKEN_URL
+    signals_url: str | None = Field(
+        default=None, description="default: RTE's production URL, or its sandbox with sandbox"
+    )
+    sandbox: bool = False
+    client_id: str | None = None
+    client_secret: SecretStr | None = None
+    min_interval_s: float = Field(default=PRODUCTION_MIN_INTERVAL_S, ge=1.0, le=86_400.0)
+    poll_interval_s: float = Field(default=3600.0, ge=1.0, le=86_400.0)
+    timeout_s: float = Field(default=10.0, gt=0.0, le=120.0)
+    cache_path: Path = Path("ecowatt-signals.json")
+    shed_threshold: int = Field(default=DEFAULT_SHED_THRESHOLD, ge=1, le=3)
+    timezone: str = "Europe/Paris"
+
+    @field_validator("token_url", "signals_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and urlsplit(value).scheme not in ("http", "https"):
+            raise ValueError(f"{value!r} is not an http(s) URL")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {value!r}") from exc
+        return value
+
+    @property
+    def url(self) -> str:
+        """The signals URL in use: ``signals_url``, else RTE's sandbox or production."""
+        if self.signals_url is not None:
+            return self.signals_url
+        return SANDBOX_SIGNALS_URL if self.sandbox else PRODUCTION_SIGNALS_URL
+
+    @property
+    def is_production(self) -> bool:
+        """Whether the signals come from RTE's rate-limited production API."""
+        parts = urlsplit(self.url)
+        return parts.hostname == RTE_HOST and "/sandbox/" not in parts.path
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> EcowattSettings:
+        if self.signals_url is not None and self.sandbox:
+            raise ConfigKeyError(
+                "[ecowatt] sandbox", "set either sandbox = true or signals_url, not both"
+            )
+        if self.is_production and self.min_interval_s < PRODUCTION_MIN_INTERVAL_S:
+            raise ConfigKeyError(
+                "[ecowatt] min_interval_s",
+                f"must be at least {PRODUCTION_MIN_INTERVAL_S:.0f} s for RTE's production "
+                "API (one call per 15 minutes)",
+            )
+        if self.poll_interval_s < self.min_interval_s:
+            raise ConfigKeyError(
+                "[ecowatt] poll_interval_s",
+                f"must not be shorter than min_interval_s ({self.min_interval_s})",
+            )
+        if self.enabled:
+            if not self.client_id:
+                raise ConfigKeyError("[ecowatt] client_id", "required when enabled")
+            if self.client_secret is None or not self.client_secret.get_secret_value():
+                raise ConfigKeyError(
+                    "[ecowatt] client_secret",
+                    "required when enabled (set it with EMS_ECOWATT__CLIENT_SECRET)",
+                )
+        return self
+
+
 class CentralSettings(ServiceSettings):
     """Everything ``ems-central`` reads."""
 
@@ -85,10 +175,22 @@ class CentralSettings(ServiceSettings):
     cycle: CycleSettings = CycleSettings()
     clock: ClockSettings = ClockSettings()
     recorder: RecorderSettings = RecorderSettings()
+    ecowatt: EcowattSettings = EcowattSettings()
     log: LogSettings = LogSettings()
     sites: list[str] | None = Field(
         default=None, description="optional allow-list of site ids; others are refused"
     )
+
+    @model_validator(mode="after")
+    def _rte_in_real_time(self) -> CentralSettings:
+        # RTE's quota runs on wall time: an accelerated clock would call it
+        # ``speed`` times too often.
+        if self.ecowatt.enabled and self.ecowatt.is_production and self.clock.speed != 1.0:
+            raise ConfigKeyError(
+                "[clock] speed",
+                "must be 1 while [ecowatt] polls RTE's production API (its quota is in real time)",
+            )
+        return self
 
     @field_validator("sites")
     @classmethod

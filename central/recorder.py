@@ -1,4 +1,4 @@
-"""The coordinator's records in SQLite: cycles, replies, decisions, reports.
+"""The coordinator's records in SQLite: cycles, replies, decisions, reports, grid overrides.
 
 WAL with ``synchronous=FULL``: a committed decision survives a power cut
 (sqlite.org, "pragma synchronous": under NORMAL a WAL commit may roll back
@@ -16,7 +16,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
 
 from central.core.cycle import Decision
@@ -75,6 +75,15 @@ _SCHEMA = [
     """CREATE TABLE IF NOT EXISTS report_acks (
         site TEXT PRIMARY KEY,
         acked_seq INTEGER NOT NULL
+    )""",
+    # Manual overrides of one hour's grid level (admin/signal/set, `ems signal
+    # set`). Added after schema 1; CREATE IF NOT EXISTS adds it to older files.
+    """CREATE TABLE IF NOT EXISTS grid_overrides (
+        day TEXT NOT NULL,
+        hour INTEGER NOT NULL,
+        level INTEGER NOT NULL,
+        set_at TEXT NOT NULL,
+        PRIMARY KEY (day, hour)
     )""",
 ]
 
@@ -306,6 +315,41 @@ class Recorder:
         return int(
             self._db.execute("SELECT COUNT(*) FROM reports WHERE site=?", (site,)).fetchone()[0]
         )
+
+
+    # Grid overrides ----------------------------------------------------------
+    def set_grid_override(
+        self, day: date, hour: int, level: int | None, set_at: datetime
+    ) -> None:
+        """Override one hour's grid level (local day, hour since its midnight); None clears."""
+        with self._tx():
+            if level is None:
+                self._db.execute(
+                    "DELETE FROM grid_overrides WHERE day=? AND hour=?", (day.isoformat(), hour)
+                )
+            else:
+                self._db.execute(
+                    "INSERT INTO grid_overrides(day, hour, level, set_at) VALUES (?,?,?,?)"
+                    " ON CONFLICT(day, hour) DO UPDATE SET level=excluded.level,"
+                    " set_at=excluded.set_at",
+                    (day.isoformat(), hour, level, format_utc(set_at)),
+                )
+
+    def grid_overrides(self, since: date | None = None) -> dict[tuple[date, int], int]:
+        """Every override of ``since`` and later (all without it), by ``(day, hour)``."""
+        rows = self._db.execute(
+            "SELECT day, hour, level FROM grid_overrides WHERE day >= ? ORDER BY day, hour",
+            ((since.isoformat() if since else ""),),
+        ).fetchall()
+        return {(date.fromisoformat(d), int(h)): int(lv) for d, h, lv in rows}
+
+    def prune_grid_overrides(self, before: date) -> int:
+        """Forget overrides of days before ``before``; return how many went."""
+        with self._tx():
+            cur = self._db.execute(
+                "DELETE FROM grid_overrides WHERE day < ?", (before.isoformat(),)
+            )
+        return int(cur.rowcount)
 
 
 class _Tx:

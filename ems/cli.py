@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "ems.commands.cycles",
     "ems.commands.simulate",
     "ems.commands.demo",
+    "ems.commands.signal",
 )
 
 
