@@ -23,6 +23,7 @@ from gateway.config import GatewaySettings
 from gateway.devices.base import Device, NetMeter, Relay
 from gateway.devices.registry import build_device
 from gateway.ems import Command, LoadSpec, LocalEms
+from gateway.ems.controller import SETTLE_S
 from gateway.ems.grid import GridOutlook, Window
 from gateway.ems.ledger import PeriodLedger
 from gateway.ems.loads import Mode
@@ -138,6 +139,10 @@ class Gateway:
             local_self_consumption=settings.ems.local_self_consumption,
             max_flex_kw=settings.community.max_site_kw,
             max_import_kw=settings.ems.max_import_kw,
+            # A device's reply latency is real time: on an accelerated clock the
+            # window in which a contradicting report is the device catching up
+            # spans as many clock seconds as the clock is faster.
+            settle_s=SETTLE_S * settings.clock.speed,
         )
         self.grid_tz = ZoneInfo(settings.ems.grid_timezone)
         shed_levels = [ld.shed_level for ld in settings.loads if ld.shed_level is not None]
@@ -224,7 +229,7 @@ class Gateway:
         status = SiteStatus(state="offline", version=__version__,
                             loads=tuple(self.relay_of_load))
         self.bus.publish(self.topics.site_status(self.site), encode(status), retain=True)
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.1)  # let the offline status leave before DISCONNECT
         await self.bus.disconnect()
         self.outbox.close()
         self.log.info("gateway_stopped")

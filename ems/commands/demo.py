@@ -1,4 +1,4 @@
-"""``ems demo``: the coordinator and simulated homes on an embedded broker, live.
+"""``ems demo``: the coordinator and real gateways with simulated devices, live.
 
 Parses the options, sends the logs to a file (so they do not scroll the live
 view away), installs the Ctrl-C handler and runs ``ems.demo.runner.run_demo``
@@ -32,10 +32,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     """Add ``demo`` to the ``ems`` parser."""
     p = subparsers.add_parser(
         "demo",
-        help="run the coordinator and simulated homes on an embedded broker, live",
+        help="run the coordinator and real gateways with simulated devices, live",
         description=(
-            "One coordinator and simulated homes on an embedded MQTT broker, on an "
-            "accelerated clock: a 15-minute cycle every few seconds, shown live."
+            "The coordinator and one real gateway per home, with simulated Shelly "
+            "devices and Phidget boards, on an embedded MQTT broker and an accelerated "
+            "clock: a 15-minute cycle every few seconds, shown live."
         ),
     )
     p.add_argument("--homes", type=_positive_int, default=DEFAULT_HOMES,
@@ -122,13 +123,11 @@ def configure_demo_logging(log_file: Path, level: str) -> TextIO:
 
 def run(args: argparse.Namespace) -> int:
     """``ems demo``."""
-    db: Path | None = args.db
-    log_file: Path | None = args.log_file
-    if db is None or log_file is None:
-        # Kept after the demo: `ems cycles --db` reads the records afterwards.
-        run_dir = Path(tempfile.mkdtemp(prefix="ems-demo-"))
-        db = db or run_dir / "demo.sqlite"
-        log_file = log_file or run_dir / "demo.log"
+    # Kept after the demo: `ems cycles --db` reads the records afterwards, and the
+    # gateways' state (report outboxes, Home Assistant ledgers) is there to look at.
+    run_dir = Path(tempfile.mkdtemp(prefix="ems-demo-"))
+    db: Path = args.db or run_dir / "demo.sqlite"
+    log_file: Path = args.log_file or run_dir / "demo.log"
     try:
         log_file.parent.mkdir(parents=True, exist_ok=True)
         log_stream = configure_demo_logging(log_file, args.log_level)
@@ -147,6 +146,7 @@ def run(args: argparse.Namespace) -> int:
         cycles=args.cycles,
         duration_s=args.duration,
         log_file=log_file,
+        state_dir=run_dir / "gateways",
     )
     try:
         asyncio.run(_main(options, live=sys.stdout.isatty() and not args.plain))
@@ -169,7 +169,7 @@ async def _main(options: DemoOptions, *, live: bool) -> None:
     assert main is not None
 
     def on_signal() -> None:
-        # The first Ctrl-C (or SIGTERM) asks for a clean stop: homes say offline,
+        # The first Ctrl-C (or SIGTERM) asks for a clean stop: gateways say offline,
         # the coordinator closes its cycle and says offline, then the broker stops.
         # A second one cuts the goodbyes short.
         if stop.is_set():

@@ -1,8 +1,10 @@
-"""``ems demo``: the real coordinator and simulated homes on an embedded broker.
+"""``ems demo``: the real coordinator and real gateways with simulated devices, live.
 
-``homes`` holds the simulated homes (MQTT clients speaking the contract),
-``runner`` wires broker, coordinator and homes in one event loop, ``view``
-draws the live terminal view (or plain lines when output is not a terminal).
+``runner`` wires the broker, the coordinator and one ``home.DemoHome`` per
+home (the real gateway, simulated Shelly devices, a fake Phidget board for
+some, and the home's ``physics``); ``plan`` draws the homes and their gateway
+configuration, ``profiles`` the simulated day; ``view`` draws the live
+terminal view (or plain lines when output is not a terminal).
 """
 
 from ems.demo.runner import CycleRecord, DemoError, DemoOptions, DemoState, run_demo

@@ -1,15 +1,19 @@
-"""Wiring of ``ems demo``: a broker, the real coordinator and simulated homes in one loop.
+"""Wiring of ``ems demo``: a broker, the real coordinator and real gateways in one loop.
 
 ``run_demo(options)`` starts an ``EmbeddedBroker`` (unless one is given),
 builds the real ``central.app.Coordinator`` on an ``AcceleratedClock`` with a
-SQLite recorder, connects one ``SimHome`` per home, and runs until ``stop``
-is set, ``options.cycles`` cycles have closed or ``options.duration_s`` real
-seconds have passed. It then stops the homes (each publishes ``offline``),
-the coordinator (it publishes ``offline`` and disconnects) and the broker, in
-that order, and returns what happened as a ``DemoState``.
+SQLite recorder and, per home, a ``DemoHome`` (``ems.demo.home``): the real
+``gateway.app.Gateway`` on the same clock, with simulated Shelly devices and,
+in some homes, a fake Phidget board. It runs until ``stop`` is set,
+``options.cycles`` cycles have closed or ``options.duration_s`` real seconds
+have passed. It then stops the gateways (each publishes ``offline``), the
+homes' physics and simulated devices, the coordinator (it publishes
+``offline`` and disconnects) and the broker, in that order, and returns what
+happened as a ``DemoState``.
 
-Every client speaks MQTT 3.1.1: amqtt knows nothing else, and one protocol
-for both brokers keeps the demo the same everywhere.
+Every client speaks MQTT 3.1.1 (the gateways, the coordinator and the
+simulated devices): amqtt knows nothing else, and one protocol for both
+brokers keeps the demo the same everywhere.
 
 The runner touches no global state: logging and signal handling belong to
 the command (``ems.commands.demo``), so tests can call it in-process.
@@ -18,7 +22,9 @@ the command (``ems.commands.demo``), so tests can call it in-process.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
+import tempfile
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
@@ -34,8 +40,10 @@ from central.config import load_central_settings
 from central.core import EPSILON_KW, Decision
 from central.errors import CentralError
 from ems.broker import BrokerError, BrokerKind, EmbeddedBroker
-from ems.demo.homes import HomeSpec, SimHome, make_homes
-from protocol import CycleClosed, Topics
+from ems.demo.home import DemoHome
+from ems.demo.plan import make_homes
+from gateway.errors import GatewayError
+from protocol import CycleClosed
 from protocol.clock import AcceleratedClock
 from protocol.settings import ConfigError
 
@@ -44,11 +52,11 @@ log = structlog.get_logger("ems.demo")
 HISTORY = 50
 """Closed cycles kept in memory (the view shows the last ten)."""
 READY_TIMEOUT_S = 15.0
-"""Real seconds to wait for the coordinator and every home to connect."""
-SETTLE_TIMEOUT_S = 2.0
-"""Real seconds to wait, after the last cycle, for homes to receive its allocations."""
-HOMES_STOP_TIMEOUT_S = 6.0
-"""Real seconds for the homes to say offline and disconnect (each drains for up to 2 s)."""
+"""Real seconds to wait for the coordinator, every simulated device and every gateway."""
+SETTLE_TIMEOUT_S = 3.0
+"""Real seconds to wait, after the last cycle, for the gateways to apply its allocations."""
+GATEWAYS_STOP_TIMEOUT_S = 10.0
+"""Real seconds for the gateways to stop their devices, say offline and disconnect."""
 COORDINATOR_STOP_TIMEOUT_S = 15.0
 """Real seconds for the coordinator to close its cycle, say offline and disconnect."""
 
@@ -74,6 +82,8 @@ class DemoOptions:
     duration_s: float | None = None
     community: str = "demo"
     log_file: Path | None = None
+    state_dir: Path | None = None
+    """Where each gateway keeps its state (``<dir>/<site>``); default: a temporary directory."""
 
     def resolved_start(self) -> datetime:
         if self.start_at is not None:
@@ -123,7 +133,7 @@ class DemoState:
     broker_url: str = ""
     clock: AcceleratedClock | None = None
     coordinator: Coordinator | None = None
-    homes: list[SimHome] = field(default_factory=list)
+    homes: list[DemoHome] = field(default_factory=list)
     current: CycleRecord | None = None
     history: deque[CycleRecord] = field(default_factory=lambda: deque(maxlen=HISTORY))
     cycles_closed: int = 0
@@ -141,7 +151,7 @@ class DemoState:
     def now(self) -> datetime | None:
         return self.clock.now() if self.clock is not None else None
 
-    def home(self, site: str) -> SimHome | None:
+    def home(self, site: str) -> DemoHome | None:
         for home in self.homes:
             if home.site == site:
                 return home
@@ -154,7 +164,8 @@ class DemoState:
 
     @property
     def rejected_by_homes(self) -> int:
-        return sum(sum(h.counters.rejected.values()) for h in self.homes)
+        """Community payloads the gateways refused as invalid."""
+        return sum(h.rejected for h in self.homes)
 
     # Coordinator events (its listener: called in the loop, must not raise) ------
     def on_event(self, event: str, data: Any) -> CycleRecord | None:
@@ -245,7 +256,7 @@ async def run_demo(
     except ConfigError as exc:
         detail = "; ".join(f"{key}: {message}" for key, message in exc.problems)
         raise DemoError(f"invalid settings: {detail}") from exc
-    except CentralError as exc:
+    except (CentralError, GatewayError) as exc:
         raise DemoError(str(exc)) from exc
     finally:
         if own_broker:
@@ -294,7 +305,7 @@ def _first_known(group: BaseExceptionGroup[Any]) -> BaseException | None:
             found = _first_known(exc)
             if found is not None:
                 return found
-        elif isinstance(exc, CentralError | ConfigError | BrokerError | DemoError):
+        elif isinstance(exc, CentralError | GatewayError | ConfigError | BrokerError | DemoError):
             return exc
     return None
 
@@ -318,41 +329,42 @@ async def _run(
         clock={"speed": options.speed},
         recorder={"url": options.db_url},
     )
+    # One clock for the coordinator and every gateway: the same simulated time.
     clock = AcceleratedClock(options.speed, options.resolved_start())
     coordinator = Coordinator(settings, clock)
-    topics = Topics(options.community, settings.community.topic_root)
-    specs: list[HomeSpec] = make_homes(options.homes, options.seed)
-    # Loads of an ended allocation stop this long after the period end when no new
-    # request came (a few real tenths of a second, at least 2 % of a period).
-    grace_s = max(0.02 * options.period_s, options.speed * 0.3)
-    homes = [
-        SimHome(spec, topics, clock, settings.mqtt.model_copy(update={"client_id": None}),
-                period_s=options.period_s, expiry_grace_s=grace_s)
-        for spec in specs
-    ]
-    state.clock, state.coordinator, state.homes = clock, coordinator, homes
+    with contextlib.ExitStack() as stack:
+        state_dir = options.state_dir or Path(
+            stack.enter_context(tempfile.TemporaryDirectory(prefix="ems-demo-gateways-")))
+        homes = [
+            DemoHome(spec, clock=clock, host=broker.host, port=broker.port,
+                     community=options.community, period_s=options.period_s,
+                     speed=options.speed, state_dir=state_dir)
+            for spec in make_homes(options.homes, options.seed)
+        ]
+        state.clock, state.coordinator, state.homes = clock, coordinator, homes
 
-    target = asyncio.Event()
+        target = asyncio.Event()
 
-    def on_event(event: str, data: Any) -> None:
-        record = state.on_event(event, data)
-        if record is None:
-            return
-        # First the stop condition: the coordinator logs and swallows what a
-        # listener raises, and a view error must not keep --cycles from stopping.
-        if options.cycles is not None and state.cycles_closed >= options.cycles:
-            target.set()
-        if view is not None:
-            view.cycle_closed(state, record)
+        def on_event(event: str, data: Any) -> None:
+            record = state.on_event(event, data)
+            if record is None:
+                return
+            # First the stop condition: the coordinator logs and swallows what a
+            # listener raises, and a view error must not keep --cycles from stopping.
+            if options.cycles is not None and state.cycles_closed >= options.cycles:
+                target.set()
+            if view is not None:
+                view.cycle_closed(state, record)
 
-    coordinator.add_listener(on_event)
-    log.info("demo_starting", broker=broker.kind, url=broker.url, homes=len(homes),
-             speed=options.speed, start=clock.now().isoformat(), db=options.db_url)
-    try:
-        await _supervise(options, state, coordinator, homes, stop, target, view)
-    finally:
-        if view is not None:
-            view.finished(state)
+        coordinator.add_listener(on_event)
+        log.info("demo_starting", broker=broker.kind, url=broker.url, homes=len(homes),
+                 speed=options.speed, start=clock.now().isoformat(), db=options.db_url,
+                 state_dir=str(state_dir))
+        try:
+            await _supervise(options, state, coordinator, homes, stop, target, view)
+        finally:
+            if view is not None:
+                view.finished(state)
     log.info("demo_stopped", cycles=state.cycles_closed, allocations=state.allocations)
 
 
@@ -360,32 +372,57 @@ async def _supervise(
     options: DemoOptions,
     state: DemoState,
     coordinator: Coordinator,
-    homes: list[SimHome],
+    homes: list[DemoHome],
     stop: asyncio.Event,
     target: asyncio.Event,
     view: DemoView | None,
 ) -> None:
-    coord_stop, homes_stop = asyncio.Event(), asyncio.Event()
+    coord_stop, gateways_stop = asyncio.Event(), asyncio.Event()
     async with asyncio.TaskGroup() as tg:
         coord_task = tg.create_task(coordinator.run(coord_stop), name="coordinator")
         await _until_ready(coordinator.wait_ready(), coord_task, "the coordinator")
-        home_tasks = [tg.create_task(h.run(homes_stop), name=h.site) for h in homes]
-        for home, task in zip(homes, home_tasks, strict=True):
-            await _until_ready(home.ready.wait(), task, home.site)
-        if view is not None:
-            view.started(state)
-        view_task = tg.create_task(_refresh(view, state), name="view") if view else None
+        try:
+            # The devices first: a gateway asks its devices for their state at start.
+            await _start_devices(homes)
+            gateway_tasks = [tg.create_task(h.gateway.run(gateways_stop), name=h.site)
+                             for h in homes]
+            for home, task in zip(homes, gateway_tasks, strict=True):
+                await _until_ready(home.gateway.wait_ready(), task, f"{home.site}'s gateway")
+            physics = [tg.create_task(h.run_physics(), name=f"{h.site}-physics") for h in homes]
+            if view is not None:
+                view.started(state)
+            view_task = tg.create_task(_refresh(view, state), name="view") if view else None
 
-        state.stopping = await _wait_for_end(stop, target, options.duration_s)
-        if state.stopping == "cycles":
-            await _settle(state)
-        log.info("demo_stopping", reason=state.stopping, cycles=state.cycles_closed)
-        homes_stop.set()
-        await _stop_within(home_tasks, HOMES_STOP_TIMEOUT_S)
+            state.stopping = await _wait_for_end(stop, target, options.duration_s)
+            if state.stopping == "cycles":
+                await _settle(state)
+            log.info("demo_stopping", reason=state.stopping, cycles=state.cycles_closed)
+            gateways_stop.set()
+            await _stop_within(gateway_tasks, GATEWAYS_STOP_TIMEOUT_S)
+            for task in physics:
+                task.cancel()
+        finally:
+            # Also when the start failed: no paho thread outlives the demo.
+            await _stop_devices(homes)
         coord_stop.set()
         await _stop_within([coord_task], COORDINATOR_STOP_TIMEOUT_S)
         if view_task is not None:
             view_task.cancel()
+
+
+async def _start_devices(homes: list[DemoHome]) -> None:
+    try:
+        async with asyncio.timeout(READY_TIMEOUT_S):
+            await asyncio.gather(*(h.start_devices() for h in homes))
+    except (OSError, TimeoutError) as exc:
+        raise DemoError(f"a simulated device could not connect: {exc}") from exc
+
+
+async def _stop_devices(homes: list[DemoHome]) -> None:
+    results = await asyncio.gather(*(h.stop_devices() for h in homes), return_exceptions=True)
+    for home, result in zip(homes, results, strict=True):
+        if isinstance(result, BaseException):
+            log.warning("demo_devices_stop_failed", site=home.site, error=repr(result))
 
 
 async def _stop_within(tasks: list[asyncio.Task[None]], timeout_s: float) -> None:
@@ -435,7 +472,7 @@ async def _wait_for_end(stop: asyncio.Event, target: asyncio.Event,
 
 
 async def _settle(state: DemoState) -> None:
-    """Give homes a moment to receive the last cycle's allocations before stopping."""
+    """Give the gateways a moment to apply the last cycle's allocations before stopping."""
     record = state.last_closed
     if record is None:
         return
@@ -443,11 +480,12 @@ async def _settle(state: DemoState) -> None:
     while time.monotonic() < deadline:
         missing = [
             d.site for d in record.decisions
-            if (home := state.home(d.site)) is not None and record.cycle_id not in home.applied
+            if (home := state.home(d.site)) is not None and not home.settled(record.cycle_id)
         ]
         if not missing:
             return
         await asyncio.sleep(0.02)
+    log.warning("demo_settle_timeout", cycle=record.cycle_id, missing=missing)
 
 
 async def _refresh(view: DemoView, state: DemoState) -> None:

@@ -2,10 +2,12 @@
 
 ``LiveView`` redraws a rich ``Live`` display from the ``DemoState`` a few
 times a second (from the event loop, so it never reads the state while the
-loop writes it): the simulated time, the last cycle, its allocations by rank,
-the last ten cycles, the homes and a few counters. ``PlainView`` is for
-output that is not a terminal (tests, CI logs): a line when the demo starts,
-one per closed cycle, and a summary.
+loop writes it): the simulated time, the last cycle, its allocations by rank
+and the loads each gateway switched on with them, the last ten cycles, the
+homes (PV, consumption, the net load their gateway reads, each load's switch,
+state and measured power) and a few counters. ``PlainView`` is for output
+that is not a terminal (tests, CI logs): a line when the demo starts, one per
+closed cycle, and a summary.
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from ems.demo.homes import SimHome, sun_factor
+from ems.demo.home import DemoHome
+from ems.demo.physics import SATISFIED_KWH
+from ems.demo.profiles import sun_factor
 from ems.demo.runner import CycleRecord, DemoState
 from protocol.clock import next_boundary
 
@@ -28,6 +32,9 @@ HISTORY_ROWS = 10
 SIDE_BY_SIDE_WIDTH = 140
 _KIND_SHORT = {"water_heater": "WH", "ev_charger": "EV", "heat_pump": "HP",
                "battery": "BAT", "generic": "load"}
+_SWITCH_SHORT = {"plus-plug-s": "Plus Plug S", "plug-s": "Plug S", "plus-1pm": "Plus 1PM",
+                 "phidget-1017": "1017"}
+_METER_SHORT = {"pro-3em": "Pro 3EM", "em": "EM"}
 _REASON_STYLE = {"exhausted": "green", "all_replied": "cyan", "deadline": "yellow",
                  "no_surplus": "dim"}
 
@@ -112,19 +119,24 @@ def _summary(state: DemoState) -> RenderableType:
     text.append("   allocations ", style="dim")
     text.append(f"{state.allocations} ({state.allocated_kwh:.1f} kWh)")
     text.append("   rejected payloads ", style="dim")
-    text.append(f"{state.rejected_by_coordinator} central, {state.rejected_by_homes} homes")
+    text.append(f"{state.rejected_by_coordinator} central, {state.rejected_by_homes} gateways")
     return Panel(text, box=box.ROUNDED, expand=False)
 
 
-def _loads_on(home: SimHome | None, cycle_id: str) -> tuple[str, str]:
-    """What a home switched on for this cycle's allocation, and what it left unused."""
+def _loads_on(home: DemoHome | None, cycle_id: str) -> tuple[str, str]:
+    """What a gateway switched on for this cycle's allocation, and what it left unused."""
     if home is None:
         return "", ""
+    home.sync()
     applied = home.applied.get(cycle_id)
     if applied is None:
-        return "(not received)", ""
-    kinds = {lo.spec.id: _KIND_SHORT.get(lo.spec.kind, lo.spec.id) for lo in home.loads}
-    names = " + ".join(f"{kinds.get(load, load)} {kw:.1f}" for load, kw in applied.loads_on)
+        return "(not applied yet)", ""
+    specs = {a.id: a for a in home.spec.appliances}
+    names = " + ".join(
+        f"{_KIND_SHORT.get(specs[load].kind, load)} {specs[load].nominal_kw:.1f}"
+        if load in specs else load
+        for load in applied.loads
+    )
     unused = applied.alloc_kw - applied.used_kw
     return names or "-", (f"{unused:.2f}" if unused > 0.005 else "")
 
@@ -146,12 +158,12 @@ def allocation_table(state: DemoState, record: CycleRecord | None) -> Table:
         style = "" if d.alloc_kw > 0 else "dim"
         table.add_row(str(d.rank), d.site, _kw(d.flex_kw), _kw(d.alloc_kw),
                       f"{d.elapsed_s:.1f}", loads, unused, style=style)
-    # Homes that replied after the cycle closed (FIFO: nothing was left for them).
-    for home in state.homes:
-        reply = home.replies.get(record.cycle_id)
-        if reply is not None and home.site not in decided:
-            table.add_row("-", home.site, _kw(reply.flex_kw), "-", "-",
-                          "too late: closed", "", style="dim")
+    if record.requested:
+        # FIFO: once the surplus is handed out, later replies get nothing.
+        why = "nothing left" if record.closed and record.closed.reason == "exhausted" else "-"
+        for home in state.homes:
+            if home.site not in decided:
+                table.add_row("-", home.site, "-", "-", "-", why, "", style="dim")
     return table
 
 
@@ -169,26 +181,45 @@ def history_table(state: DemoState) -> Table:
     return table
 
 
+def _load_text(home: DemoHome) -> Text:
+    """Each load: its kind and switch, then its power when on, else what it still needs."""
+    text = Text()
+    for a in home.spec.appliances:
+        short = _KIND_SHORT.get(a.kind, a.kind)
+        text.append(f"{short}", style="bold")
+        text.append(f"·{_SWITCH_SHORT[a.switch]} ", style="dim")
+        appliance = home.model.appliances[a.id]
+        rt = home.gateway.ems.rt.get(a.id)
+        reason = rt.reason if rt is not None else "?"
+        if home.switched_on(a):
+            kw = home.measured_kw(a)
+            text.append(f"on {kw:.2f} kW {reason}", style="bold green" if kw > 0.05 else "yellow")
+        elif not appliance.present(home.clock.now()):
+            text.append("gone", style="dim")
+        elif appliance.need_kwh <= SATISFIED_KWH:
+            text.append("full", style="dim")
+        else:
+            text.append(f"off {appliance.need_kwh:.1f} kWh")
+        text.append("   ")
+    return text
+
+
 def homes_table(state: DemoState) -> Table:
-    """Each home now: PV, consumption, the net load it last reported, its loads."""
+    """Each home now: PV, consumption, the net load its gateway reads, its loads."""
     table = Table(title="homes", box=box.SIMPLE_HEAD, title_justify="left", pad_edge=False)
-    for name, justify in (("site", "left"), ("PV kWp", "right"), ("PV kW", "right"),
-                          ("use kW", "right"), ("net kW", "right"), ("loads", "left")):
+    for name, justify in (("site", "left"), ("meter", "left"), ("PV kWp", "right"),
+                          ("PV kW", "right"), ("use kW", "right"), ("net kW", "right"),
+                          ("loads (switch, state, measured power)", "left")):
         table.add_column(name, justify=justify)  # type: ignore[arg-type]
     for home in state.homes:
-        loads = Text()
-        for load in home.loads:
-            short = _KIND_SHORT.get(load.spec.kind, load.spec.kind)
-            if load.on:
-                loads.append(f"{short} {load.power_kw:.1f} kW ", style="bold green")
-            elif load.need_kwh <= 0.05:
-                loads.append(f"{short} full ", style="dim")
-            else:
-                loads.append(f"{short} {load.need_kwh:.1f} kWh ", style="")
         net = home.net_export_kw
-        table.add_row(home.site, f"{home.spec.pv_kwp:.1f}" if home.spec.pv_kwp else "-",
-                      f"{home.pv_kw:.2f}", f"{home.consumption_kw:.2f}",
-                      Text(f"{net:+.2f}", style="green" if net > 0 else "red"), loads)
+        net_text = (Text("-", style="dim") if net is None
+                    else Text(f"{net:+.2f}", style="green" if net > 0 else "red"))
+        spec = home.spec
+        table.add_row(home.site, _METER_SHORT[spec.meter],
+                      f"{spec.pv_kwp:.1f}" if spec.pv_kwp else "-",
+                      f"{home.model.pv_kw:.2f}", f"{home.model.household_kw:.2f}",
+                      net_text, _load_text(home))
     return table
 
 
@@ -216,7 +247,7 @@ def summary_line(state: DemoState) -> str:
         f" ({state.cycles_with_request} with a request; {reasons}),"
         f" {state.allocations} allocations, {state.allocated_kwh:.1f} kWh allocated,"
         f" rejected payloads {state.rejected_by_coordinator} central"
-        f" / {state.rejected_by_homes} homes; records {state.options.db_url}"
+        f" / {state.rejected_by_homes} gateways; records {state.options.db_url}"
     )
 
 

@@ -94,6 +94,7 @@ class LocalEms:
         max_flex_kw: float = 50.0,
         continue_grace_s: float = 120.0,
         max_import_kw: float | None = None,
+        settle_s: float = SETTLE_S,
     ) -> None:
         self.specs = {s.id: s for s in specs}
         self.rt = {s.id: LoadRuntime() for s in specs}
@@ -103,6 +104,7 @@ class LocalEms:
         self.local_self_consumption = local_self_consumption
         self.max_flex_kw = max_flex_kw
         self.continue_grace_s = continue_grace_s
+        self.settle_s = settle_s
         self._continuing: dict[str, float] = {}
         self.grid_level = 0
         self.grid_windows: list[tuple[float, float, int]] = []
@@ -140,17 +142,19 @@ class LocalEms:
             rt.measured_kw = power_kw
         if energy_kwh is not None:
             rt.energy_kwh = energy_kwh
+        settling = now_s - self._commanded_at.get(load, float("-inf")) < self.settle_s
         if on is not None and (not rt.reported or came_back):
             # The first report (start-up, or the device back after an outage) is
-            # how things are, not somebody's command: take it as the state.
+            # how things are, not somebody's command: take it as the state. Unless
+            # we have just commanded the load: the report may predate the command
+            # (a status asked for at start-up), and the command's own report follows.
             rt.reported = True
-            if on != rt.on:
+            if on != rt.on and not settling:
                 rt.on = on
                 rt.last_change_s = now_s  # unknown since when: the guard counts from now
                 rt.check_at_s = None
         elif on is not None and on != rt.on:
-            recent = now_s - self._commanded_at.get(load, float("-inf")) < SETTLE_S
-            if not recent:
+            if not settling:
                 # Someone switched it at the device (its button, its own app):
                 # the resident's choice wins until they give control back.
                 rt.mode = "force_on" if on else "force_off"
