@@ -58,6 +58,7 @@ from gmqtt.storage import PersistentStorage
 from central.app import Coordinator
 from central.config import load_central_settings
 from central.core import Cycle, Offer, get_strategy
+from central.gcpolicy import CycleGc
 from ems.broker import EmbeddedBroker
 from protocol import CycleRequest, Flex, LoadFlex, NetLoad, SiteStatus, Topics, encode, encode_alloc
 from protocol.clock import AcceleratedClock
@@ -687,11 +688,12 @@ def core_throughput(n: int, runs: int = CORE_RUNS) -> dict[str, list[float]]:
     frozen as the coordinator runs a cycle, and one-by-one ``offer``.
 
     FIFO, every site served (surplus 2 kW x N, 1 kW each), pre-built ``Offer``s.
-    The frozen variant does what ``central.app.Coordinator`` does around a cycle
-    (``gc.freeze()`` once the request is out, ``gc.unfreeze()`` at close): what
-    exists before ``offer_many`` (the cycle, the sites, here also the prebuilt
-    offers) leaves the collector's scans; what it creates is still collected.
+    The "frozen" variant runs under the coordinator's own garbage-collector
+    policy for a cycle (``central.gcpolicy.CycleGc``: what exists before the
+    request leaves the collector's scans, young objects are collected less
+    often; back to normal at close).
     """
+    policy = CycleGc()
     fifo = get_strategy("fifo")
     sites = [f"s{i:06d}" for i in range(n)]
     offers = [Offer(s, CYCLE_ZERO, FLEX_KW, 0.001 * i) for i, s in enumerate(sites)]
@@ -702,7 +704,7 @@ def core_throughput(n: int, runs: int = CORE_RUNS) -> dict[str, list[float]]:
                                   deadline_s=REPLY_TIMEOUT_S)
             gc.collect()
             if variant == "offer_many_frozen":
-                gc.freeze()
+                policy.enter()
             try:
                 t0 = time.perf_counter()
                 if variant == "offer":
@@ -714,7 +716,7 @@ def core_throughput(n: int, runs: int = CORE_RUNS) -> dict[str, list[float]]:
                 elapsed = time.perf_counter() - t0
             finally:
                 if variant == "offer_many_frozen":
-                    gc.unfreeze()
+                    policy.leave()
             if len(cycle.decisions) != n or cycle.close_reason != "all_replied":
                 raise RuntimeError(f"core served {len(cycle.decisions)}/{n} "
                                    f"({cycle.close_reason})")

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -32,10 +31,12 @@ import structlog
 from central import __version__
 from central.bus import MqttBus
 from central.config import CentralSettings
+from central.errors import RecorderError
 from central.core import Cycle, Offer, SiteBook, Step, get_strategy
 from central.core.cycle import LoadOffer
 from central.core.strategy import StrategyState
 from central.ecowatt.service import GridService, RecorderOverrides
+from central.gcpolicy import CycleGc
 from central.recorder import Recorder, ReplyRow
 from protocol import (
     AdminSignalSet,
@@ -113,10 +114,11 @@ class Coordinator:
         self.community = settings.community.id
         self.topics = Topics(self.community, settings.community.topic_root)
         self.limits = Limits(max_site_kw=settings.community.max_site_kw)
-        self.strategy = get_strategy(settings.cycle.strategy)
-        self.strategy_state: StrategyState = {}
+        self.strategy = get_strategy(settings.cycle.strategy, **settings.cycle.strategy_options)
         self.sites = SiteBook(frozenset(settings.sites) if settings.sites is not None else None)
         self.recorder = recorder or Recorder(settings.recorder.url)
+        # Carried across restarts (e.g. fair_rotation's ledger): saved after each cycle.
+        self.strategy_state: StrategyState = self.recorder.load_strategy_state(self.strategy.name)
         self._db_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recorder")
         self.epoch = self.recorder.next_epoch()
         self.log = structlog.get_logger("central").bind(community=self.community)
@@ -129,6 +131,7 @@ class Coordinator:
         )
         self.queue: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
         self.stats = Stats()
+        self._gc = CycleGc()
         self._reports: list[tuple[str, Report, datetime]] = []
         self.current: OpenCycle | None = None
         self.closed_cycles: list[CycleClosed] = []
@@ -374,10 +377,7 @@ class Coordinator:
         )
         self._notify("cycle_opened", oc)
         if step.closed is None:
-            # Keep what already lives out of the cyclic GC's scans while the
-            # replies pour in (a full pass cost ~1.2 s of a 100k-reply cycle);
-            # unfrozen again at close, so nothing escapes collection for long.
-            gc.freeze()
+            self._gc.enter()  # central/gcpolicy.py: back to normal at close
             request = CycleRequest(
                 cycle=period_start,
                 surplus_kw=round(view.surplus_kw, 6),
@@ -451,7 +451,7 @@ class Coordinator:
         )
 
     async def _close(self, oc: OpenCycle, reason: str) -> None:
-        gc.unfreeze()
+        self._gc.leave()
         if oc.timer is not None:
             oc.timer.cancel()
             oc.timer = None
@@ -469,6 +469,14 @@ class Coordinator:
         )
         self.bus.publish(self.topics.cycle_closed(), encode(closed), retain=True)
         self.strategy_state = cycle.settle(self.strategy_state)
+        if self.strategy_state.get("last_method") == "fallback":
+            self.log.warning("strategy_fallback", cycle=oc.cycle_id, strategy=self.strategy.name,
+                             reason=self.strategy_state.get("last_fallback_reason"))
+        try:
+            await self._db(self.recorder.save_strategy_state, self.strategy.name,
+                           self.strategy_state, now)
+        except RecorderError as exc:
+            self.log.warning("strategy_state_not_saved", cycle=oc.cycle_id, error=str(exc))
         self.closed_cycles.append(closed)
         del self.closed_cycles[:-100]
         self.log.info(
