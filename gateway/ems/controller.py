@@ -318,6 +318,19 @@ class LocalEms:
         return events
 
     # Internals ---------------------------------------------------------------------------
+    def _may_take_power(self, spec: LoadSpec, rt: LoadRuntime, now_s: float) -> bool:
+        """Whether the EMS may run this load on extra power at all (allocation or
+        local surplus): automatic, reachable, not shed, not cut-wired, responsive,
+        and still wanting energy."""
+        if not rt.available or rt.mode != "auto" or spec.normally_on:
+            return False
+        if spec.shed_level is not None and self.grid_level >= spec.shed_level:
+            return False
+        if rt.unresponsive_until_s is not None and now_s < rt.unresponsive_until_s:
+            return False
+        need = spec.energy_need()
+        return need is None or need > 0
+
     def _offerable(
         self, now_s: float, period_start_s: float | None
     ) -> list[tuple[LoadSpec, LoadRuntime]]:
@@ -325,14 +338,7 @@ class LocalEms:
         out = []
         for load, spec in self.specs.items():
             rt = self.rt[load]
-            if not rt.available or rt.mode != "auto" or spec.normally_on:
-                continue
-            if spec.shed_level is not None and self.grid_level >= spec.shed_level:
-                continue
-            if rt.unresponsive_until_s is not None and now_s < rt.unresponsive_until_s:
-                continue
-            need = spec.energy_need()
-            if need is not None and need <= 0:
+            if not self._may_take_power(spec, rt, now_s):
                 continue
             if rt.on:
                 # Running already: only an allocation ending with this period may
@@ -429,16 +435,9 @@ class LocalEms:
         candidates = []
         for load, spec in self.specs.items():
             rt = self.rt[load]
-            if not rt.available or rt.mode != "auto" or spec.normally_on:
-                continue
-            if spec.shed_level is not None and self.grid_level >= spec.shed_level:
+            if not self._may_take_power(spec, rt, now_s):
                 continue
             if rt.allocated_until_s is not None and now_s < rt.allocated_until_s:
-                continue
-            if rt.unresponsive_until_s is not None and now_s < rt.unresponsive_until_s:
-                continue
-            need = spec.energy_need()
-            if need is not None and need <= 0:
                 continue
             if rt.on and load not in self._local_on:
                 continue

@@ -8,7 +8,8 @@ encode) exactly as a real gateway must.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import contextlib
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -141,3 +142,25 @@ class Observer:
 
     async def stop(self) -> None:
         await self.client.disconnect()
+
+
+@contextlib.asynccontextmanager
+async def running(service: Any) -> AsyncIterator[Any]:
+    """Run a service (Coordinator, Gateway) until the block ends, then stop it cleanly."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(service.run(stop))
+    await asyncio.wait_for(service.wait_ready(), 15)
+    try:
+        yield service
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 20)
+
+
+async def until(predicate: Callable[[], object], timeout_s: float = 60.0) -> None:
+    """Wait for ``predicate()`` (a liveness bound, not a speed assertion)."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.02)

@@ -13,13 +13,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+from simgw import running
 
 from central.app import Coordinator
 from central.config import load_central_settings
@@ -36,16 +36,6 @@ SPEED = 600.0
 SECRET = "e2e-secret"
 
 
-@contextlib.asynccontextmanager
-async def running(service: Any) -> AsyncIterator[Any]:
-    stop = asyncio.Event()
-    task = asyncio.create_task(service.run(stop))
-    await asyncio.wait_for(service.wait_ready(), 15)
-    try:
-        yield service
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 20)
 
 
 def test_rte_level_3_at_18_sheds_then_restores(
