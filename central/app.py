@@ -31,11 +31,11 @@ import structlog
 from central import __version__
 from central.bus import MqttBus
 from central.config import CentralSettings
-from central.errors import RecorderError
 from central.core import Cycle, Offer, SiteBook, Step, get_strategy
 from central.core.cycle import LoadOffer
 from central.core.strategy import StrategyState
 from central.ecowatt.service import GridService, RecorderOverrides
+from central.errors import RecorderError
 from central.gcpolicy import CycleGc
 from central.recorder import Recorder, ReplyRow
 from protocol import (

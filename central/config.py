@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from central.core.grid import DEFAULT_SHED_THRESHOLD
-from central.core.strategy import STRATEGIES
+from central.core.strategy import STRATEGIES, get_strategy
 from central.ecowatt import (
     PRODUCTION_MIN_INTERVAL_S,
     PRODUCTION_SIGNALS_URL,
@@ -40,6 +40,9 @@ class CycleSettings(Section):
     period_s: float = Field(default=900.0, ge=1.0, le=86_400.0)
     reply_timeout_s: float = Field(default=60.0, gt=0.0)
     strategy: str = "fifo"
+    # Keyword arguments of the strategy's constructor, e.g. {window_s = 3.0} for
+    # "deadline" or {time_limit_s = 1.0} for "milp"; checked by building it.
+    strategy_options: dict[str, float | int | bool] = Field(default_factory=dict)
     netload_max_age_s: float | None = Field(default=None, gt=0.0)
 
     @field_validator("strategy")
@@ -48,6 +51,14 @@ class CycleSettings(Section):
         if value not in STRATEGIES:
             raise ValueError(f"unknown strategy {value!r}; known: {', '.join(sorted(STRATEGIES))}")
         return value
+
+    @model_validator(mode="after")
+    def _options_fit_strategy(self) -> CycleSettings:
+        try:
+            get_strategy(self.strategy, **self.strategy_options)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"strategy_options for {self.strategy!r}: {exc}") from exc
+        return self
 
     @model_validator(mode="after")
     def _timeout_within_period(self) -> CycleSettings:

@@ -13,11 +13,13 @@ Synchronous on purpose: the coordinator calls it from one dedicated thread
 
 from __future__ import annotations
 
+import json
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
+from typing import Any
 
 from central.core.cycle import Decision
 from central.errors import RecorderError
@@ -84,6 +86,14 @@ _SCHEMA = [
         level INTEGER NOT NULL,
         set_at TEXT NOT NULL,
         PRIMARY KEY (day, hour)
+    )""",
+    # What a strategy carries from cycle to cycle (e.g. fair_rotation's ledger), as
+    # JSON, one row per strategy name, so a restart does not reset fairness.
+    # Added after schema 1; CREATE IF NOT EXISTS adds it to older files.
+    """CREATE TABLE IF NOT EXISTS strategy_states (
+        strategy TEXT PRIMARY KEY,
+        state TEXT NOT NULL,
+        saved_at TEXT NOT NULL
     )""",
 ]
 
@@ -316,6 +326,38 @@ class Recorder:
             self._db.execute("SELECT COUNT(*) FROM reports WHERE site=?", (site,)).fetchone()[0]
         )
 
+
+    # Strategy state ----------------------------------------------------------
+    def save_strategy_state(
+        self, strategy: str, state: Mapping[str, Any], saved_at: datetime
+    ) -> None:
+        """Keep ``strategy``'s carried state (JSON values only) for the next start."""
+        try:
+            text = json.dumps(state, sort_keys=True, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise RecorderError(
+                f"strategy {strategy!r} state is not plain JSON: {exc}", self.url
+            ) from exc
+        with self._tx():
+            self._db.execute(
+                "INSERT INTO strategy_states(strategy, state, saved_at) VALUES (?,?,?)"
+                " ON CONFLICT(strategy) DO UPDATE SET state=excluded.state,"
+                " saved_at=excluded.saved_at",
+                (strategy, text, format_utc(saved_at)),
+            )
+
+    def load_strategy_state(self, strategy: str) -> dict[str, Any]:
+        """The state last saved for ``strategy``; ``{}`` if none (or unreadable)."""
+        row = self._db.execute(
+            "SELECT state FROM strategy_states WHERE strategy=?", (strategy,)
+        ).fetchone()
+        if row is None:
+            return {}
+        try:
+            state = json.loads(row[0])
+        except ValueError:
+            return {}
+        return state if isinstance(state, dict) else {}
 
     # Grid overrides ----------------------------------------------------------
     def set_grid_override(

@@ -69,26 +69,82 @@ class Strategy(Protocol):
         ...
 
 
-StrategyFactory = Callable[[], Strategy]
+StrategyFactory = Callable[..., Strategy]
+"""Builds a strategy; keyword arguments are its parameters (window lengths, time limits)."""
 
 
-def _fifo() -> Strategy:
+# Each factory imports its module when called, so that loading the registry
+# loads no solver. Parameters not given take the module's defaults.
+def _fifo(**options: Any) -> Strategy:
     from central.core.strategies.fifo import Fifo
 
-    return Fifo()
+    return Fifo(**options)
+
+
+def _fifo_min_power(**options: Any) -> Strategy:
+    from central.core.strategies.fifo_min_power import FifoMinPower
+
+    return FifoMinPower(**options)
+
+
+def _proportional(**options: Any) -> Strategy:
+    from central.core.strategies.proportional import Proportional
+
+    return Proportional(**options)
+
+
+def _equal(**options: Any) -> Strategy:
+    from central.core.strategies.equal import Equal
+
+    return Equal(**options)
+
+
+def _deadline(**options: Any) -> Strategy:
+    from central.core.strategies.deadline import Deadline
+
+    return Deadline(**options)
+
+
+def _fair_rotation(**options: Any) -> Strategy:
+    from central.core.strategies.fair_rotation import FairRotation
+
+    return FairRotation(**options)
+
+
+def _milp(**options: Any) -> Strategy:
+    from central.core.strategies.milp import Milp
+
+    return Milp(**options)
+
+
+def _window(**options: Any) -> Strategy:
+    from central.core.strategies.window import Window
+
+    return Window(**options)
 
 
 STRATEGIES: dict[str, StrategyFactory] = {
     "fifo": _fifo,
+    "fifo_min_power": _fifo_min_power,
+    "proportional": _proportional,
+    "equal": _equal,
+    "deadline": _deadline,
+    "fair_rotation": _fair_rotation,
+    "milp": _milp,
+    "window": _window,
 }
 """Every strategy the coordinator can run, by the name the config uses."""
 
 
-def get_strategy(name: str) -> Strategy:
-    """The strategy registered as ``name``; ``KeyError`` lists the known names."""
+def get_strategy(name: str, **options: Any) -> Strategy:
+    """The strategy registered as ``name``, built with ``options``.
+
+    ``KeyError`` lists the known names; a bad option raises ``TypeError``
+    (unknown name) or ``ValueError`` (bad value) from the strategy itself.
+    """
     try:
         factory = STRATEGIES[name]
     except KeyError:
         known = ", ".join(sorted(STRATEGIES))
         raise KeyError(f"unknown strategy {name!r}; known: {known}") from None
-    return factory()
+    return factory(**options)

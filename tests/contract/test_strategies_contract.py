@@ -31,6 +31,7 @@ from central.core import (
     StrategyState,
     get_strategy,
 )
+from central.core.cycle import LoadOffer
 
 NAMES = sorted(STRATEGIES)
 CURRENT = "2026-06-21T12:15:00Z"
@@ -57,15 +58,22 @@ class Scenario:
 
 
 def _event(
-    raw: tuple[int, int, bool, int, int], sites: tuple[str, ...], deadline_s: float
+    raw: tuple[int, int, bool, int, int, int], sites: tuple[str, ...], deadline_s: float
 ) -> Event:
-    kind, site_index, stale, flex_raw, time_raw = raw
+    kind, site_index, stale, flex_raw, time_raw, load_raw = raw
     elapsed_s = deadline_s * time_raw / 1000  # about one in eleven at or past the deadline
     if kind == 0:
         return Tick(elapsed_s)
     site = sites[site_index] if site_index < len(sites) else "intruder"
     flex_kw = flex_raw / 100 if flex_raw >= 0 else -flex_raw * 3e-10
-    return Offer(site, OLD if stale else CURRENT, flex_kw, elapsed_s)
+    # Half the replies list one load with a minimum power (some above the offer) and a
+    # deadline, so the strategies that read loads (minimums, urgency, the optimum) are held
+    # to the contract too.
+    loads: tuple[LoadOffer, ...] = ()
+    if load_raw > 0:
+        until_s = 60.0 * load_raw if load_raw % 2 else None
+        loads = (LoadOffer("l", flex_kw * load_raw / 10, flex_kw, until_s=until_s),)
+    return Offer(site, OLD if stale else CURRENT, flex_kw, elapsed_s, loads)
 
 
 @st.composite
@@ -88,6 +96,7 @@ def scenarios(draw: st.DrawFn, max_sites: int = 12, max_events: int = 30) -> Sce
                 st.integers(0, 5).map(lambda r: r == 0),
                 st.integers(-5, 1200),
                 st.integers(0, 1100),
+                st.integers(-10, 12).map(lambda r: max(r, 0)),
             ),
             min_size=count,
             max_size=count,
