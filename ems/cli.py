@@ -19,6 +19,8 @@ COMMAND_MODULES = (
     "ems.commands.simulate",
     "ems.commands.demo",
     "ems.commands.signal",
+    "ems.commands.community",
+    "ems.commands.site",
 )
 
 
