@@ -156,6 +156,7 @@ class Gateway:
         )
         self.commands: asyncio.Queue[Command] = asyncio.Queue()
         self.coordinator_online = False
+        self.bridge_up: bool | None = None  # unknown until the edge broker says
         self.coordinator_heard_s: float | None = None
         self.degraded = True
         self.alloc_kw = 0.0
@@ -195,6 +196,9 @@ class Gateway:
         }
         for topic, handler in handlers.items():
             self.bus.subscribe(topic, self._guarded(handler))
+        bridge_topic = self.settings.ems.bridge_state_topic
+        if bridge_topic:
+            self.bus.subscribe(bridge_topic, self._on_bridge_state)
         self.hass.attach(self.bus.subscribe, self._on_mode_set)
         await self.bus.connect()
         for device in self.devices.values():
@@ -275,6 +279,26 @@ class Gateway:
         self.log.info("load_mode_set", load=load, mode=mode, source="home_assistant")
         self._publish_states()
         self._log_events()
+
+    def _on_bridge_state(self, topic: str, payload: bytes) -> None:
+        """Mosquitto's bridge notification: "1" connected to the community, "0" not.
+
+        Cut off, nothing from the coordinator can arrive: the gateway is
+        autonomous at once instead of after a silence (docs/configuration.md).
+        """
+        value = payload.strip()
+        if value not in (b"0", b"1"):
+            self.rejected += 1
+            self.log.warning("bridge_state_unreadable", topic=topic,
+                             excerpt=payload[:40].decode("utf-8", "replace"))
+            return
+        up = value == b"1"
+        if up != self.bridge_up:
+            if up:
+                self.log.info("bridge_up")
+            else:
+                self.log.warning("bridge_down")
+        self.bridge_up = up
 
     def _heard_coordinator(self) -> None:
         self.coordinator_heard_s = self.now_s()
@@ -473,7 +497,12 @@ class Gateway:
             if self._ledger is not None:
                 self._ledger.sample(now_s, net, used, self.alloc_kw)
             heard = self.coordinator_heard_s
-            degraded = not self.coordinator_online or heard is None or now_s - heard > silence
+            degraded = (
+                not self.coordinator_online
+                or self.bridge_up is False
+                or heard is None
+                or now_s - heard > silence
+            )
             if degraded != self.degraded:
                 self.degraded = degraded
                 if degraded:

@@ -174,6 +174,9 @@ class EmsSettings(Section):
     max_import_kw: float | None = Field(default=None, gt=0, le=250)
     # The grid operator's time zone: grid/signal's hours are its local hours.
     grid_timezone: str = "Europe/Paris"
+    # The edge broker's bridge notification (mosquitto/edge.conf): "1" up, "0" cut
+    # off from the community; none when the gateway talks to the central broker.
+    bridge_state_topic: str | None = "bridge/central/state"
 
     @field_validator("grid_timezone")
     @classmethod
