@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TextIO
 
 from ems.broker import KINDS
+from ems.demo.grid import DEFAULT_STRESS, parse_stress
 from ems.demo.runner import DemoError, DemoOptions, run_demo, sqlite_url
 from ems.demo.view import LiveView, PlainView
 
@@ -36,7 +37,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description=(
             "The coordinator and one real gateway per home, with simulated Shelly "
             "devices and Phidget boards, on an embedded MQTT broker and an accelerated "
-            "clock: a 15-minute cycle every few seconds, shown live."
+            "clock: a 15-minute cycle every few seconds, shown live, with a grid-stress "
+            "episode from a loopback stand-in for RTE's Ecowatt API."
         ),
     )
     p.add_argument("--homes", type=_positive_int, default=DEFAULT_HOMES,
@@ -53,7 +55,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         f"(default: {DEFAULT_REPLY_TIMEOUT_S:g})")
     p.add_argument("--start", type=_start_time, default=None, metavar="TIME",
                    help="simulated time at launch: HH:MM (today, UTC) or an ISO 8601 time "
-                        "(default: today 11:00 UTC, when there is a surplus)")
+                        "(default: today 11:00 UTC, when there is a surplus; the grid-stress "
+                        "episode comes 80-100 real seconds later; 14:30 goes straight to it)")
+    stress = p.add_mutually_exclusive_group()
+    stress.add_argument("--stress", type=_stress_hours, default=DEFAULT_STRESS, metavar="HH-HH",
+                        help="grid stress from the loopback RTE stand-in: level 3 (red) over "
+                             "these hours, Paris time, level 2 the hour before, on the simulated "
+                             "day (the next one if the start is past them) (default: 18-20)")
+    stress.add_argument("--no-stress", dest="stress", action="store_const", const=None,
+                        help="RTE's stand-in serves four calm days (level 1)")
     p.add_argument("--cycles", type=_positive_int, default=None, metavar="N",
                    help="stop after N closed cycles")
     p.add_argument("--duration", type=_positive_float, default=None, metavar="S",
@@ -82,6 +92,13 @@ def _positive_float(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be positive, got {text}")
     return value
+
+
+def _stress_hours(text: str) -> tuple[int, int]:
+    try:
+        return parse_stress(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 def _start_time(text: str) -> datetime:
@@ -147,6 +164,8 @@ def run(args: argparse.Namespace) -> int:
         duration_s=args.duration,
         log_file=log_file,
         state_dir=run_dir / "gateways",
+        stress=args.stress,
+        grid_cache=run_dir / "ecowatt-signals.json",
     )
     try:
         asyncio.run(_main(options, live=sys.stdout.isatty() and not args.plain))

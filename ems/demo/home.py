@@ -210,6 +210,27 @@ class DemoHome:
             return switch.power_w / 1000.0
         return self.model.appliances[appliance.id].draw_kw(self.switched_on(appliance))
 
+    def load_reason(self, appliance: ApplianceSpec) -> str:
+        """Why the gateway has the load in its state: its EMS's reason, ``preheat`` told apart.
+
+        The EMS says ``local`` both for local self-consumption and for running
+        ahead of a stress window (anticipation); a storing load with
+        ``preheat_hours`` that runs for ``local`` while a window reaching its
+        shed level starts within those hours is preheating.
+        """
+        ems = self.gateway.ems
+        rt = ems.rt.get(appliance.id)
+        if rt is None:
+            return "?"
+        if rt.reason != "local" or appliance.preheat_hours <= 0 or appliance.shed_level is None:
+            return rt.reason
+        now_s = self.gateway.now_s()
+        ahead_s = appliance.preheat_hours * 3600.0
+        if any(level >= appliance.shed_level and now_s < start <= now_s + ahead_s
+               for start, _end, level in ems.grid_windows):
+            return "preheat"
+        return rt.reason
+
     # What the gateway did ------------------------------------------------------------
     def sync(self) -> None:
         """Record the allocation the gateway applied last (for the view and the runner)."""

@@ -18,6 +18,11 @@ every third home) and flexible appliances, each behind a switch:
   flexibility). These two homes have no PV: their loads run on the
   community's surplus only.
 
+Under grid stress (RTE's Ecowatt signal, ``ems.demo.grid``) the gateways cut
+water heaters and EV chargers from level 2 and heat pumps (home-03's
+prototype-wired one included) from level 3; water heaters heat their tank up
+to 1.5 h ahead of a window that will cut them.
+
 ``gateway_sections(home, ...)`` turns a home into the sections of
 ``load_gateway_settings``: the same settings a real home's ``gateway.toml``
 holds. The simulated devices get ids derived from the home's number, so the
@@ -52,6 +57,14 @@ EV_CONTACTOR_KW = 3.7
 """A 16 A charging cable through a contactor."""
 METER_DEVICE = "grid"
 BOARD_DEVICE = "board"
+WATER_HEATER_SHED = 2
+"""Water heaters are cut from level 2 (orange)..."""
+WATER_HEATER_PREHEAT_H = 1.5
+"""...and heat their tank up to 1.5 h ahead of the window, so showers stay hot."""
+EV_SHED = 2
+"""EV chargers are cut from level 2 (no anticipation: the car may not be there)."""
+HEAT_PUMP_SHED = 3
+"""Heat pumps only from level 3 (red): comfort first."""
 BOARD_SERIAL_BASE = 500_000
 
 PROFILE_OF: dict[str, str] = {
@@ -85,6 +98,10 @@ class ApplianceSpec:
     """EV: hour of the day (UTC) it leaves; it is gone after."""
     battery_kwh: float | None = None
     soc: float | None = None
+    shed_level: int | None = None
+    """Cut from this grid level (``grid/shed``, ``grid/signal``); None: never."""
+    preheat_hours: float = 0.0
+    """Run this long ahead of a stress window that will cut it (anticipation)."""
 
     @property
     def on_board(self) -> bool:
@@ -174,13 +191,15 @@ def make_homes(count: int, seed: int) -> list[HomeSpec]:
         other_plug: SwitchModel = "plug-s" if gen2_first else "plus-plug-s"
         appliances = [
             ApplianceSpec("water-heater", "water_heater", wh_kw,
-                          plug if wh_kw <= PLUG_MAX_KW else "plus-1pm", 0, wh_need, 10.0)
+                          plug if wh_kw <= PLUG_MAX_KW else "plus-1pm", 0, wh_need, 10.0,
+                          shed_level=WATER_HEATER_SHED, preheat_hours=WATER_HEATER_PREHEAT_H)
         ]
         if board:
             appliances.append(ApplianceSpec(
                 "heat-pump", "heat_pump", hp_kw, "phidget-1017", 0, hp_need, 8.0,
                 min_kw=round(0.6 * hp_kw, 2), max_kw=hp_kw,
                 energized_means="off" if i == PROTOTYPE_WIRING_HOME else "on",
+                shed_level=HEAT_PUMP_SHED,
             ))
         if ev_roll < (0.5 if board else 0.35):
             need = round((0.8 - soc) * battery_kwh, 1)  # charge to 80 % (SOC window 0.2-0.8)
@@ -188,7 +207,7 @@ def make_homes(count: int, seed: int) -> list[HomeSpec]:
             appliances.append(ApplianceSpec(
                 "ev", "ev_charger", EV_CONTACTOR_KW if board else EV_PLUG_KW, switch,
                 1 if board else 0, need, need, departure_h=departure_h,
-                battery_kwh=battery_kwh, soc=round(soc, 3),
+                battery_kwh=battery_kwh, soc=round(soc, 3), shed_level=EV_SHED,
             ))
         homes.append(HomeSpec(
             site=f"home-{number:02d}",
@@ -221,6 +240,10 @@ def _load_section(a: ApplianceSpec) -> dict[str, Any]:
         load["min_kw"] = a.min_kw
     if a.max_kw is not None:
         load["max_kw"] = a.max_kw
+    # Explicit, also when None: the gateway's own default is level 2.
+    load["shed_level"] = a.shed_level
+    if a.preheat_hours > 0:
+        load["preheat_hours"] = a.preheat_hours
     if a.on_board:
         # The board's relays only drive contactor coils (rated 0.46 kW).
         load["contactor"] = True

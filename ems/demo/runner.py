@@ -4,12 +4,14 @@
 builds the real ``central.app.Coordinator`` on an ``AcceleratedClock`` with a
 SQLite recorder and, per home, a ``DemoHome`` (``ems.demo.home``): the real
 ``gateway.app.Gateway`` on the same clock, with simulated Shelly devices and,
-in some homes, a fake Phidget board. It runs until ``stop`` is set,
-``options.cycles`` cycles have closed or ``options.duration_s`` real seconds
-have passed. It then stops the gateways (each publishes ``offline``), the
-homes' physics and simulated devices, the coordinator (it publishes
-``offline`` and disconnects) and the broker, in that order, and returns what
-happened as a ``DemoState``.
+in some homes, a fake Phidget board. A loopback stand-in for RTE's Ecowatt
+API (``ems.rte_standin.RteStandIn``, same clock) serves the stress episode of
+``ems.demo.grid``; the coordinator's ``[ecowatt]`` polls its sandbox URL.
+It runs until ``stop`` is set, ``options.cycles`` cycles have closed or
+``options.duration_s`` real seconds have passed. It then stops the gateways
+(each publishes ``offline``), the homes' physics and simulated devices, the
+coordinator (it publishes ``offline`` and disconnects), RTE's stand-in and
+the broker, in that order, and returns what happened as a ``DemoState``.
 
 Every client speaks MQTT 3.1.1 (the gateways, the coordinator and the
 simulated devices): amqtt knows nothing else, and one protocol for both
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 import signal
 import tempfile
 import time
@@ -40,8 +43,10 @@ from central.config import load_central_settings
 from central.core import EPSILON_KW, Decision
 from central.errors import CentralError
 from ems.broker import BrokerError, BrokerKind, EmbeddedBroker
+from ems.demo.grid import DEFAULT_STRESS, Episode, GridNow, episode_for, grid_now, stand_in_signals
 from ems.demo.home import DemoHome
 from ems.demo.plan import make_homes
+from ems.rte_standin import RteStandIn
 from gateway.errors import GatewayError
 from protocol import CycleClosed
 from protocol.clock import AcceleratedClock
@@ -59,6 +64,12 @@ GATEWAYS_STOP_TIMEOUT_S = 10.0
 """Real seconds for the gateways to stop their devices, say offline and disconnect."""
 COORDINATOR_STOP_TIMEOUT_S = 15.0
 """Real seconds for the coordinator to close its cycle, say offline and disconnect."""
+RTE_CLIENT_ID = "ems-demo"
+ECOWATT_MIN_INTERVAL_S = 60.0
+"""Clock seconds between two calls to the stand-in at least (RTE's production: 900 s real)."""
+ECOWATT_POLL_INTERVAL_S = 3600.0
+"""Clock seconds between routine calls: hourly, as against RTE (20 real seconds at ×180)."""
+ECOWATT_TIMEOUT_S = 5.0
 
 
 class DemoError(Exception):
@@ -84,6 +95,11 @@ class DemoOptions:
     log_file: Path | None = None
     state_dir: Path | None = None
     """Where each gateway keeps its state (``<dir>/<site>``); default: a temporary directory."""
+    stress: tuple[int, int] | None = DEFAULT_STRESS
+    """Level 3 from/until these hours (Paris) on the episode's day, level 2 the hour
+    before (``ems.demo.grid``); None: the RTE stand-in serves four calm days."""
+    grid_cache: Path | None = None
+    """The coordinator's Ecowatt cache file; default: in a temporary directory."""
 
     def resolved_start(self) -> datetime:
         if self.start_at is not None:
@@ -143,6 +159,16 @@ class DemoState:
     close_reasons: Counter[str] = field(default_factory=Counter)
     stopping: str | None = None
     """Why the demo is stopping (``cycles``, ``duration``, ``stop``), None while it runs."""
+    episode: Episode | None = None
+    """The stress episode the RTE stand-in serves (None: ``--no-stress``)."""
+    rte: RteStandIn | None = None
+
+    def grid(self) -> GridNow | None:
+        """The coordinator's grid signal now; None before RTE answered."""
+        now = self.now()
+        if self.coordinator is None or now is None:
+            return None
+        return grid_now(self.coordinator, now)
 
     @property
     def last_closed(self) -> CycleRecord | None:
@@ -277,6 +303,8 @@ def _check(options: DemoOptions) -> None:
     if not 0 < options.reply_timeout_s < options.period_s:
         problems.append(f"the reply timeout ({options.reply_timeout_s:g} s) must be positive "
                         f"and shorter than the period ({options.period_s:g} s)")
+    if options.stress is not None and not 1 <= options.stress[0] < options.stress[1] <= 24:
+        problems.append(f"stress hours must satisfy 1 <= from < until <= 24, got {options.stress}")
     if problems:
         raise DemoError("; ".join(problems))
 
@@ -319,22 +347,41 @@ async def _run(
 ) -> None:
     mqtt = {"host": broker.host, "port": broker.port, "protocol": "3.1.1",
             "client_id": f"ems-demo-central-{options.community}"}
-    # env={}: the demo runs on its own broker whatever EMS_* variables say.
-    settings = load_central_settings(
-        None,
-        env={},
-        mqtt=mqtt,
-        community={"id": options.community},
-        cycle={"period_s": options.period_s, "reply_timeout_s": options.reply_timeout_s},
-        clock={"speed": options.speed},
-        recorder={"url": options.db_url},
-    )
-    # One clock for the coordinator and every gateway: the same simulated time.
-    clock = AcceleratedClock(options.speed, options.resolved_start())
-    coordinator = Coordinator(settings, clock)
+    # One clock for the coordinator, every gateway and RTE's stand-in: the same simulated time.
+    start = options.resolved_start()
+    clock = AcceleratedClock(options.speed, start)
     with contextlib.ExitStack() as stack:
-        state_dir = options.state_dir or Path(
-            stack.enter_context(tempfile.TemporaryDirectory(prefix="ems-demo-gateways-")))
+        tmp = None
+        if options.state_dir is None or options.grid_cache is None:
+            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ems-demo-")))
+        # RTE on loopback: the coordinator polls it as it would RTE's sandbox.
+        secret = secrets.token_urlsafe(16)
+        try:
+            rte = stack.enter_context(
+                RteStandIn(client_id=RTE_CLIENT_ID, client_secret=secret, clock=clock))
+        except OSError as exc:
+            raise DemoError(f"cannot start the RTE stand-in: {exc}") from exc
+        state.episode = episode_for(start, options.stress)
+        rte.set_signals(stand_in_signals(start, state.episode))
+        state.rte = rte
+        grid_cache = options.grid_cache or (tmp or Path()) / "ecowatt-signals.json"
+        # env={}: the demo runs on its own broker whatever EMS_* variables say.
+        settings = load_central_settings(
+            None,
+            env={},
+            mqtt=mqtt,
+            community={"id": options.community},
+            cycle={"period_s": options.period_s, "reply_timeout_s": options.reply_timeout_s},
+            clock={"speed": options.speed},
+            recorder={"url": options.db_url},
+            ecowatt={"enabled": True, "client_id": RTE_CLIENT_ID, "client_secret": secret,
+                     "token_url": rte.token_url, "signals_url": rte.sandbox_url,
+                     "min_interval_s": ECOWATT_MIN_INTERVAL_S,
+                     "poll_interval_s": ECOWATT_POLL_INTERVAL_S,
+                     "timeout_s": ECOWATT_TIMEOUT_S, "cache_path": str(grid_cache)},
+        )
+        coordinator = Coordinator(settings, clock)
+        state_dir = options.state_dir or (tmp or Path()) / "gateways"
         homes = [
             DemoHome(spec, clock=clock, host=broker.host, port=broker.port,
                      community=options.community, period_s=options.period_s,
@@ -359,7 +406,8 @@ async def _run(
         coordinator.add_listener(on_event)
         log.info("demo_starting", broker=broker.kind, url=broker.url, homes=len(homes),
                  speed=options.speed, start=clock.now().isoformat(), db=options.db_url,
-                 state_dir=str(state_dir))
+                 state_dir=str(state_dir), rte=rte.base_url,
+                 stress=state.episode.describe() if state.episode else None)
         try:
             await _supervise(options, state, coordinator, homes, stop, target, view)
         finally:

@@ -4,10 +4,12 @@
 times a second (from the event loop, so it never reads the state while the
 loop writes it): the simulated time, the last cycle, its allocations by rank
 and the loads each gateway switched on with them, the last ten cycles, the
-homes (PV, consumption, the net load their gateway reads, each load's switch,
-state and measured power) and a few counters. ``PlainView`` is for output
-that is not a terminal (tests, CI logs): a line when the demo starts, one per
-closed cycle, and a summary.
+grid-stress signal (the level now, the day's hours as coloured digits, the
+shed window), the homes (PV, consumption, the net load their gateway reads,
+each load's switch, state, measured power and why: allocation, local,
+preheat, shed...) and a few counters. ``PlainView`` is for output that is
+not a terminal (tests, CI logs): a line when the demo starts, one per closed
+cycle, one whenever the grid level changes, and a summary.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from ems.demo.grid import PARIS, GridNow
 from ems.demo.home import DemoHome
 from ems.demo.physics import SATISFIED_KWH
 from ems.demo.profiles import sun_factor
@@ -37,6 +40,10 @@ _SWITCH_SHORT = {"plus-plug-s": "Plus Plug S", "plug-s": "Plug S", "plus-1pm": "
 _METER_SHORT = {"pro-3em": "Pro 3EM", "em": "EM"}
 _REASON_STYLE = {"exhausted": "green", "all_replied": "cyan", "deadline": "yellow",
                  "no_surplus": "dim"}
+_LEVEL_STYLE = {0: "dim", 1: "green", 2: "bold dark_orange", 3: "bold red"}
+_LEVEL_NAME = {0: "none", 1: "green", 2: "orange", 3: "red"}
+_LOAD_REASON_STYLE = {"allocation": "bold green", "local": "green", "preheat": "bold magenta",
+                      "idle": "green", "manual": "bold yellow", "shed": "bold red"}
 
 
 # Formatting helpers ------------------------------------------------------------
@@ -63,8 +70,9 @@ def _replies(record: CycleRecord) -> str:
     return f"{replies}/{record.sites}"
 
 
-def cycle_line(record: CycleRecord) -> str:
-    """One closed cycle as a plain line (the non-terminal output)."""
+def cycle_line(record: CycleRecord, grid: GridNow | None = None, shed: int = 0) -> str:
+    """One closed cycle as a plain line (the non-terminal output), the grid level at the end."""
+    tail = f"  grid {grid.level} shed {shed}" if grid is not None else ""
     return (
         f"cycle {record.cycle_id}"
         f"  surplus {record.surplus_kw:7.2f} kW"
@@ -73,8 +81,62 @@ def cycle_line(record: CycleRecord) -> str:
         f"  injected {record.injected_kw:6.2f} kW"
         f"  close {record.closed.reason if record.closed else 'open':<11}"
         f"  replies {_replies(record):>5}"
-        f"  allocations {len(record.decisions)}"
+        f"  allocations {len(record.decisions)}{tail}"
     )
+
+
+def _hours_strip(grid: GridNow) -> Text:
+    """The day's hourly levels as coloured digits, the current hour reversed."""
+    text = Text()
+    for pas, level in enumerate(grid.hours):
+        style = _LEVEL_STYLE.get(level, "bold")
+        if pas == grid.hour:
+            style += " reverse"
+        text.append(str(level), style=style)
+    return text
+
+
+def _shed_window(grid: GridNow) -> str:
+    if grid.shed_level is None or grid.shed_from is None or grid.shed_until is None:
+        return "no shed window"
+    start, end = grid.shed_from.astimezone(PARIS), grid.shed_until.astimezone(PARIS)
+    return f"shed window {start:%H:%M}-{end:%H:%M} Paris level {grid.shed_level}"
+
+
+def _shed_count(state: DemoState) -> int:
+    """Loads the gateways hold off (or cut) for the grid now."""
+    return sum(home.load_reason(a) == "shed" for home in state.homes for a in home.spec.appliances)
+
+
+def grid_line(state: DemoState, grid: GridNow | None) -> str:
+    """The grid signal as a plain line (printed when its level changes)."""
+    now = state.now()
+    at = f"{now.astimezone(PARIS):%Y-%m-%d %H:%M} Paris" if now else "?"
+    if grid is None:
+        return f"grid {at}: no signal yet (RTE stand-in)"
+    strip = "".join(str(level) for level in grid.hours)
+    return (f"grid {at}: level {grid.level} ({_LEVEL_NAME.get(grid.level, '?')}),"
+            f" {_shed_window(grid)}, loads shed {_shed_count(state)}; day {grid.day} {strip}")
+
+
+def _episode_status(state: DemoState) -> str:
+    """``in 80 s real``, ``under way`` or ``over``; empty without an episode or a clock."""
+    episode, now = state.episode, state.now()
+    if episode is None or now is None:
+        return ""
+    ahead_s = (episode.starts_at - now).total_seconds()
+    if ahead_s > 0:
+        return f"in {ahead_s / state.options.speed:.0f} s real"
+    return "under way" if now < episode.ends_at else "over"
+
+
+def episode_line(state: DemoState) -> str:
+    """When the stress episode comes, in simulated and real time."""
+    episode = state.episode
+    if episode is None:
+        return "grid: no stress (--no-stress): RTE's stand-in serves four calm days"
+    status = _episode_status(state)
+    return f"grid stress (RTE stand-in): {episode.describe()}" + (f", {status}" if status else "")
 
 
 # The live view's parts -----------------------------------------------------------
@@ -90,13 +152,46 @@ def _header(state: DemoState) -> Text:
         return text
     text.append("simulated time ", style="dim")
     text.append(now.strftime("%Y-%m-%d %H:%M:%S UTC"), style="bold cyan")
+    text.append(f" ({now.astimezone(PARIS):%H:%M} Paris)", style="cyan")
     text.append(f"   sun {100 * sun_factor(now):3.0f} %", style="yellow")
     nxt = next_boundary(now, o.period_s)
     real_s = (nxt - now).total_seconds() / o.speed
     text.append(f"   next cycle {_hm(nxt)} in {real_s:4.1f} s", style="dim")
     if state.stopping:
         text.append(f"   stopping ({state.stopping})…", style="bold yellow")
+    text.append("\n")
+    text.append_text(_grid_text(state))
     return text
+
+
+def _grid_text(state: DemoState) -> Text:
+    """The grid level now, the day's hours as a strip, the shed window and the episode."""
+    text = Text()
+    grid = state.grid()
+    text.append("grid ", style="dim")
+    if grid is None:
+        text.append("no signal yet", style="dim")
+    else:
+        text.append(f"level {grid.level} {_LEVEL_NAME.get(grid.level, '?')}",
+                    style=_LEVEL_STYLE.get(grid.level, "bold"))
+        text.append(f"   {grid.day:%d/%m} 0h ", style="dim")
+        text.append_text(_hours_strip(grid))
+        text.append(" 24h", style="dim")
+        text.append(f"   {_shed_window(grid)}", style="dim" if grid.shed_level is None else "")
+        shed = _shed_count(state)
+        if shed:
+            text.append(f"   {shed} loads shed", style="bold red")
+    text.append(f"   {_episode_short(state)}", style="dim")
+    return text
+
+
+def _episode_short(state: DemoState) -> str:
+    """``stress 21/06 17-20h Paris in 80 s real`` (the live header; the plain output says more)."""
+    episode = state.episode
+    if episode is None:
+        return "no stress (--no-stress)"
+    return (f"stress {episode.day:%d/%m} {episode.orange_from}-{episode.red_until}h Paris "
+            f"{_episode_status(state)}").rstrip()
 
 
 def _summary(state: DemoState) -> RenderableType:
@@ -182,24 +277,30 @@ def history_table(state: DemoState) -> Table:
 
 
 def _load_text(home: DemoHome) -> Text:
-    """Each load: its kind and switch, then its power when on, else what it still needs."""
+    """Each load: its kind and switch, its state and why (the gateway's reason)."""
     text = Text()
     for a in home.spec.appliances:
         short = _KIND_SHORT.get(a.kind, a.kind)
         text.append(f"{short}", style="bold")
         text.append(f"·{_SWITCH_SHORT[a.switch]} ", style="dim")
         appliance = home.model.appliances[a.id]
-        rt = home.gateway.ems.rt.get(a.id)
-        reason = rt.reason if rt is not None else "?"
+        reason = home.load_reason(a)
         if home.switched_on(a):
             kw = home.measured_kw(a)
-            text.append(f"on {kw:.2f} kW {reason}", style="bold green" if kw > 0.05 else "yellow")
+            text.append(f"on {kw:.2f} kW ", style="bold green" if kw > 0.05 else "yellow")
+            text.append(reason, style=_LOAD_REASON_STYLE.get(reason, ""))
+        elif reason == "shed":
+            text.append("off shed", style=_LOAD_REASON_STYLE["shed"])
+            if appliance.need_kwh > SATISFIED_KWH and appliance.present(home.clock.now()):
+                text.append(f" {appliance.need_kwh:.1f} kWh")
         elif not appliance.present(home.clock.now()):
             text.append("gone", style="dim")
         elif appliance.need_kwh <= SATISFIED_KWH:
             text.append("full", style="dim")
         else:
             text.append(f"off {appliance.need_kwh:.1f} kWh")
+            if reason == "manual":
+                text.append(" manual", style=_LOAD_REASON_STYLE["manual"])
         text.append("   ")
     return text
 
@@ -258,7 +359,7 @@ def started_line(state: DemoState) -> str:
     return (
         f"demo: {len(state.homes)} homes, broker {state.broker_kind} {state.broker_url},"
         f" speed x{o.speed:g} (a {o.period_s:g} s period every {o.period_s / o.speed:.1f} s),"
-        f" simulated time {at}"
+        f" simulated time {at}; {episode_line(state)}"
     )
 
 
@@ -300,6 +401,7 @@ class PlainView:
 
     def __init__(self, stream: TextIO) -> None:
         self.stream = stream
+        self._grid_level: int | None = None
 
     def _line(self, text: str) -> None:
         self.stream.write(text + "\n")
@@ -309,10 +411,18 @@ class PlainView:
         self._line(started_line(state))
 
     def refresh(self, state: DemoState) -> None:
-        return None
+        self._grid_changed(state)
+
+    def _grid_changed(self, state: DemoState) -> None:
+        """A line when the grid level the coordinator publishes changes."""
+        grid = state.grid()
+        if grid is not None and grid.level != self._grid_level:
+            self._grid_level = grid.level
+            self._line(grid_line(state, grid))
 
     def cycle_closed(self, state: DemoState, record: CycleRecord) -> None:
-        self._line(cycle_line(record))
+        self._grid_changed(state)
+        self._line(cycle_line(record, state.grid(), _shed_count(state)))
 
     def finished(self, state: DemoState) -> None:
         self._line(summary_line(state))

@@ -83,16 +83,16 @@ class GridOutlook:
         return cls(hourly, (shed,) if shed is not None and shed.level > 0 else ())
 
     def level_at(self, at: datetime) -> int:
-        """The level at ``at``: the hour's level, raised by a shed window over it."""
-        level = 0
+        """The level at ``at``: the hour's own level where the signal covers it
+        (an orange hour before a red one stays orange), else the shed window's
+        (its level is the highest of the window's hours)."""
         for w in self.hourly:
             if w.start <= at < w.end:
-                level = w.level
-                break
+                return w.level
         for w in self.shed:
             if w.start <= at < w.end:
-                level = max(level, w.level)
-        return level
+                return w.level
+        return 0
 
     def windows_from(self, threshold: int, now: datetime) -> list[Window]:
         """Windows at or above ``threshold`` that have not ended by ``now``."""

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
+import itertools
 import json
 import os
 import subprocess
 import sys
 import threading
 from collections.abc import Iterator, MutableMapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,14 +27,17 @@ import paho.mqtt.client as mqtt
 import pytest
 import structlog
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from rich.console import Console
 
 from central.recorder import Recorder
-from ems.broker import EmbeddedBroker, find_mosquitto
+from ems.broker import BrokerKind, EmbeddedBroker, find_mosquitto
+from ems.demo.grid import PARIS, Episode, episode_for, parse_stress, stand_in_signals
 from ems.demo.home import DemoHome
 from ems.demo.physics import RESTART_KWH, Appliance
 from ems.demo.plan import ApplianceSpec, gateway_sections, make_homes
 from ems.demo.profiles import sun_factor
 from ems.demo.runner import DemoOptions, DemoState, default_start, run_demo
+from ems.demo.view import PlainView, render
 from gateway.config import load_gateway_settings
 from gateway.sim.shelly import SimShellyGen1Plug, SimShellyGen2Switch
 from protocol import Topics
@@ -99,11 +104,11 @@ def broker(request: pytest.FixtureRequest) -> Iterator[EmbeddedBroker]:
         yield b
 
 
-def _run(options: DemoOptions, broker: EmbeddedBroker) -> DemoState:
+def _run(options: DemoOptions, broker: EmbeddedBroker, view: Any = None) -> DemoState:
     """Run the demo in this process; a hang fails with every task's stack."""
 
     async def main() -> DemoState:
-        task = asyncio.create_task(run_demo(options, broker=broker), name="demo")
+        task = asyncio.create_task(run_demo(options, broker=broker, view=view), name="demo")
         done, _ = await asyncio.wait({task}, timeout=RUN_TIMEOUT_S)
         if not done:
             stacks = "\n".join(
@@ -246,6 +251,9 @@ def test_demo_command_plain_output(tmp_path: Path) -> None:
     lines = proc.stdout.splitlines()
     cycles = [line for line in lines if line.startswith("cycle ")]
     assert len(cycles) == 2, proc.stdout
+    # The RTE stand-in's episode is announced; its calm noon hour shows once RTE answered.
+    assert "grid stress (RTE stand-in): " in lines[0] and "level 3 18:00-20:00 Paris" in lines[0]
+    assert any(line.startswith("grid ") and ": level 1 (green)" in line for line in lines), lines
     # 11:15 UTC has a surplus: a request went out (at speed 180 the 60 s reply
     # window is a third of a real second: on a loaded machine it may close on deadline).
     assert "close no_surplus" not in cycles[0]
@@ -258,6 +266,134 @@ def test_demo_command_plain_output(tmp_path: Path) -> None:
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=30, check=True,
     )
     assert len(json.loads(shown.stdout)) == 2
+
+
+STRESS_SPEED = 720.0  # a 900 s period every 1.25 s: 16:40 to 20:15 in about 18 s
+STRESS_START = datetime(2026, 6, 21, 16, 40, tzinfo=PARIS)
+STRESS_CYCLES = 15  # 16:45 ... 20:15 (Paris): through 17:00 (orange), 18:00 (red), 20:00 (calm)
+
+
+class RecordingView(PlainView):
+    """The plain view, plus the reasons the live view shows per load and its grid header."""
+
+    def __init__(self, stream: io.StringIO) -> None:
+        super().__init__(stream)
+        self.reasons: set[str] = set()
+        self.rendered: list[str] = []
+
+    def refresh(self, state: DemoState) -> None:
+        super().refresh(state)
+        for home in state.homes:
+            self.reasons.update(home.load_reason(a) for a in home.spec.appliances)
+        grid = state.grid()
+        if grid is not None and grid.level == 3 and not self.rendered:
+            console = Console(file=io.StringIO(), width=160, color_system=None)
+            console.print(render(state, 160))
+            self.rendered.append(console.file.getvalue())  # type: ignore[attr-defined]
+
+
+def _one_broker_kind() -> BrokerKind:
+    return "mosquitto" if find_mosquitto() is not None else "amqtt"
+
+
+@pytest.mark.integration
+def test_demo_grid_stress_episode_sheds_and_restores(tmp_path: Path) -> None:
+    """The RTE stand-in's episode reaches the coordinator, then the gateways' relays."""
+    options = DemoOptions(
+        db_url=f"sqlite:///{tmp_path / 'demo.sqlite'}", homes=8, seed=SEED,
+        speed=STRESS_SPEED, cycles=STRESS_CYCLES, reply_timeout_s=REPLY_TIMEOUT_S,
+        start_at=STRESS_START, state_dir=tmp_path / "gateways",
+        grid_cache=tmp_path / "ecowatt-signals.json",
+    )
+    topics = Topics(COMMUNITY)
+    out = io.StringIO()
+    view = RecordingView(out)
+    logs: list[MutableMapping[str, Any]] = []
+    with EmbeddedBroker(_one_broker_kind()) as broker:
+        observer = Observer(broker)
+        try:
+            with structlog.testing.capture_logs() as captured:
+                logs = captured
+                state = _run(options, broker, view)
+        finally:
+            observer.close()
+            print(out.getvalue())
+            print("\n".join(str(event) for event in logs[-60:]))
+    assert state.stopping == "cycles" and state.cycles_closed == STRESS_CYCLES
+    assert state.history[-1].period_start >= datetime(2026, 6, 21, 20, 0, tzinfo=PARIS)
+
+    # RTE (the stand-in) was read, and the coordinator published what it said.
+    assert state.rte is not None and state.rte.count("sandbox", 200) >= 1
+    episode = state.episode
+    assert episode == Episode(STRESS_START.date(), 18, 20)
+    signals = observer.on(topics.grid_signal())
+    assert signals and all(s["hours"] == episode.levels() for s in signals)
+    assert {s["level"] for s in signals} >= {1, 2, 3}
+    sheds = observer.on(topics.grid_shed())
+    red = [s for s in sheds if s["level"] == 3]
+    assert red, sheds
+    assert red[0]["from"] == "2026-06-21T15:00:00Z" and red[0]["until"] == "2026-06-21T18:00:00Z"
+    assert sheds[-1]["level"] == 0  # cleared after 20:00
+
+    # The gateways cut loads for the grid: a load on, then off with reason "shed".
+    cut: list[tuple[str, str]] = []
+    for home in state.homes:
+        for a in home.spec.appliances:
+            states = observer.on(topics.load_state(home.site, a.id))
+            for before, after in itertools.pairwise(states):
+                if before["on"] and not after["on"] and after["reason"] == "shed":
+                    cut.append((home.site, a.id))
+    assert cut, "no load was cut for the grid"
+    print("cut for the grid:", cut)
+    # home-03's heat pump, wired energised = cut (the prototype): cut by energising
+    # its relay, then restored after 20:00.
+    hp = observer.on(topics.load_state("home-03", "heat-pump"))
+    shed_at = next(i for i, s in enumerate(hp) if s["reason"] == "shed" and not s["on"])
+    assert any(s["on"] for s in hp[shed_at + 1:]), hp
+    board = state.home("home-03").board  # type: ignore[union-attr]
+    assert board is not None
+    assert any(c.method == "setState" and c.channel == 0 and c.args == (True,)
+               for c in board.calls)
+    assert all(h.gateway.ems.grid_level <= 1 for h in state.homes)
+    # Anticipation: water heaters ran ahead of the window (16:40-17:00), shown as preheat.
+    assert any(e["event"] == "preheat" for e in logs)
+    assert {"preheat", "shed"} <= view.reasons, view.reasons
+    (screen,) = view.rendered
+    assert "grid level 3 red" in screen and "111111111111111112331111" in screen, screen
+    assert "off shed" in screen, screen
+
+    # The plain output says when the level changes.
+    lines = out.getvalue().splitlines()
+    assert ("grid stress (RTE stand-in): 2026-06-21 level 2 at 17:00, level 3 18:00-20:00"
+            in lines[0])
+    levels = [line.split("level ")[1][0] for line in lines if line.startswith("grid ")]
+    assert levels[-3:] == ["2", "3", "1"], lines
+    errors = [e for e in logs if e["log_level"] in ("error", "critical")]
+    assert errors == []
+
+
+def test_the_stress_episode_is_today_or_tomorrow_and_handles_dst() -> None:
+    start = datetime(2026, 6, 21, 11, 0, tzinfo=UTC)
+    episode = episode_for(start, (18, 20))
+    assert episode is not None and episode.day == start.date()
+    assert episode.levels() == [1] * 17 + [2, 3, 3] + [1] * 4
+    assert episode.starts_at == datetime(2026, 6, 21, 15, 0, tzinfo=UTC)
+    # Past the episode's end: tomorrow's, so the user still sees one.
+    late = episode_for(start.replace(hour=19), (18, 20))
+    assert late is not None and late.day == start.date() + timedelta(days=1)
+    assert episode_for(start, None) is None
+    # RTE counts hours from midnight: 23 on the spring DST day, 25 in autumn.
+    spring, autumn = Episode(datetime(2026, 3, 29).date(), 18, 20), Episode(
+        datetime(2026, 10, 25).date(), 18, 20)
+    assert len(spring.levels()) == 23 and spring.levels().index(3) == 17
+    assert len(autumn.levels()) == 25 and autumn.levels().index(3) == 19
+    body = stand_in_signals(start, late)
+    days = {d["jour"][:10]: [v["hvalue"] for v in d["values"]] for d in body["signals"]}
+    assert days["2026-06-21"] == [1] * 24 and days["2026-06-22"] == late.levels()
+    assert parse_stress("7-9") == (7, 9)
+    for bad in ("9-7", "0-2", "18", "a-b", "20-25"):
+        with pytest.raises(ValueError):
+            parse_stress(bad)
 
 
 # The homes' plan and physics (no broker) --------------------------------------------

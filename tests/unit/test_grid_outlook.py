@@ -39,17 +39,21 @@ def test_windows_follow_the_hours_and_merge_contiguous_stress() -> None:
     assert merge(windows, 3) == [stress[1]]
 
 
-def test_level_at_combines_the_hour_and_a_shed_window() -> None:
+def test_the_hour_s_own_level_wins_where_the_signal_covers_it() -> None:
     hours = [1] * 24
-    hours[18] = 3
-    shed = Window(datetime(2026, 1, 15, 10, tzinfo=UTC), datetime(2026, 1, 15, 11, tzinfo=UTC), 2)
+    hours[17], hours[18] = 2, 3  # orange then red: the shed window says 3 for both
+    shed = Window(datetime(2026, 1, 15, 16, tzinfo=UTC), datetime(2026, 1, 15, 18, tzinfo=UTC), 3)
     outlook = GridOutlook.build(date(2026, 1, 15), hours, shed, PARIS)
+    assert outlook.level_at(datetime(2026, 1, 15, 16, 30, tzinfo=UTC)) == 2  # 17:30 Paris
     assert outlook.level_at(datetime(2026, 1, 15, 17, 30, tzinfo=UTC)) == 3
-    assert outlook.level_at(datetime(2026, 1, 15, 10, 30, tzinfo=UTC)) == 2
     assert outlook.level_at(datetime(2026, 1, 15, 12, 0, tzinfo=UTC)) == 1
-    assert outlook.level_at(datetime(2026, 1, 17, 12, 0, tzinfo=UTC)) == 0  # unknown day
+    # Beyond the signal's day only the shed window speaks.
+    late = Window(datetime(2026, 1, 16, 7, tzinfo=UTC), datetime(2026, 1, 16, 9, tzinfo=UTC), 2)
+    outlook = GridOutlook.build(date(2026, 1, 15), hours, late, PARIS)
+    assert outlook.level_at(datetime(2026, 1, 16, 8, tzinfo=UTC)) == 2
+    assert outlook.level_at(datetime(2026, 1, 17, 12, 0, tzinfo=UTC)) == 0  # unknown
     ahead = outlook.windows_from(2, datetime(2026, 1, 15, 12, tzinfo=UTC))
-    assert [w.level for w in ahead] == [3]
+    assert [w.level for w in ahead] == [3, 2]  # the orange-red evening, then the late shed
 
 
 def test_no_signal_means_level_zero_and_no_windows() -> None:
