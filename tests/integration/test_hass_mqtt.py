@@ -149,6 +149,12 @@ def test_configs_are_retained_and_reannounced_on_birth(
         gw = Gateway(mosquitto, topics, prefix, tmp_path / "hass.json")
         await gw.start()
         expected = {t: p for t, p in gw.hass.configs()}
+        # Once a first listener has seen every config, the broker holds them all
+        # as retained messages (it stores before it forwards).
+        probe = FakeHomeAssistant(mosquitto)
+        probe.subscribe(f"{prefix}/+/+/config")
+        await asyncio.to_thread(probe.take, len(expected))
+        probe.close()
         ha = FakeHomeAssistant(mosquitto)
         try:
             # HA starting after the gateway: the retained configs are there.
