@@ -24,7 +24,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
 
@@ -37,7 +37,8 @@ from central.core.strategy import StrategyState
 from central.ecowatt.service import GridService, RecorderOverrides
 from central.errors import RecorderError
 from central.gcpolicy import CycleGc
-from central.recorder import Recorder, ReplyRow
+from central.recorder import Recorder, ReplyRow, StoredCycle
+from central.resume import rebuild
 from protocol import (
     AdminSignalSet,
     CoordinatorStatus,
@@ -58,6 +59,9 @@ from protocol import (
 from protocol.clock import Clock, next_boundary
 from protocol.models import Ack
 from protocol.topics import TopicKind
+
+if TYPE_CHECKING:
+    from central.web import WebServer
 
 T = TypeVar("T")
 BURST_MAX = 20_000
@@ -144,6 +148,8 @@ class Coordinator:
             publish=self.bus.publish,
             store=RecorderOverrides(self.recorder, self._db),
         )
+        # The operator's page and API (central/web), a task of run() when enabled.
+        self.web: WebServer | None = self._build_web() if settings.web.enabled else None
 
     # Public --------------------------------------------------------------------
     def add_listener(self, listener: Callable[[str, Any], None]) -> None:
@@ -155,6 +161,8 @@ class Coordinator:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Connect, announce, run cycles until ``stop`` is set, then leave cleanly."""
+        # First in the queue, before any reply: carry on with a cycle a killed run left open.
+        self.queue.put_nowait(("resume",))
         self.bus.set_sink(self._enqueue_message)
         await self.bus.connect()
         self.bus.subscribe(self.topics.coordinator_subscriptions())
@@ -172,9 +180,13 @@ class Coordinator:
                 consumer = tg.create_task(self._consume(), name="consumer")
                 scheduler = tg.create_task(self._schedule(), name="scheduler")
                 grid = tg.create_task(self._run_grid(), name="grid")
+                if self.web is not None:
+                    tg.create_task(self.web.serve(), name="web")  # logs its failures itself
                 await stop.wait()
                 scheduler.cancel()
                 grid.cancel()
+                if self.web is not None:
+                    self.web.stop()
                 # Let the consumer finish what is queued, then stop it.
                 await self.queue.join()
                 consumer.cancel()
@@ -185,6 +197,12 @@ class Coordinator:
         """Open a cycle at once (tests, operator command); normally the scheduler does it."""
         at = period_start or self.clock.now()
         await self.queue.put(("boundary", at))
+
+    def _build_web(self) -> WebServer:
+        # Imported here: FastAPI and uvicorn load only when the page is enabled.
+        from central.web import WebServer, create_app
+
+        return WebServer(create_app(self), self.settings.web)
 
     async def _run_grid(self) -> None:
         # The grid signal is a service to the homes, not a reason to stop cycles.
@@ -245,6 +263,8 @@ class Coordinator:
                 await self._open_cycle(item[1])
             elif kind == "tick":
                 await self._tick(item[1])
+            elif kind == "resume":
+                await self._resume_unclosed()
         if offers:
             await self._feed(offers)
         reports, self._reports = self._reports, []
@@ -331,42 +351,62 @@ class Coordinator:
 
     # Cycles --------------------------------------------------------------------
     async def _open_cycle(self, period_start: datetime) -> None:
-        if self.current is not None and not self.current.cycle.closed:
+        cycle_id = format_utc(period_start)
+        current = self.current
+        if current is not None and current.cycle_id == cycle_id and not current.cycle.closed:
+            self.log.warning("cycle_already_open", cycle=cycle_id)
+            return
+        if current is not None and not current.cycle.closed:
             # A cycle never outlives its period (reply_timeout_s < period_s).
-            await self._apply_step(self.current, self.current.cycle.close("deadline"))
+            await self._apply_step(current, current.cycle.close("deadline"))
+        # One cycle id is one run: never open a recorded cycle again over its records.
+        stored = await self._db(self.recorder.stored_cycle, cycle_id)
+        if stored is not None:
+            if stored.closed:
+                self.log.warning("cycle_not_reopened", cycle=cycle_id,
+                                 closed_at=stored.closed_at, reason=stored.close_reason)
+            else:
+                await self._resume(stored, allow_live=True)
+            return
         cfg = self.settings.cycle
         now = self.clock.now()
         view = self.sites.surplus(now, cfg.netload_age_s)
+        surplus_kw = round(view.surplus_kw, 6)
         online = self.sites.online_sites()
         period_end = period_start + timedelta(seconds=cfg.period_s)
         reply_by = now + timedelta(seconds=cfg.reply_timeout_s)
         cycle, step = Cycle.open(
             period_start,
-            round(view.surplus_kw, 6),
+            surplus_kw,
             online,
             self.strategy,
             self.strategy_state,
             deadline_s=cfg.reply_timeout_s,
         )
-        cycle_id = format_utc(period_start)
         oc = OpenCycle(
             cycle, period_start, period_end, reply_by, time.monotonic(), cycle_id,
             format_utc(period_end),
         )
-        self.current = oc
-        self.stats.cycles += 1
-        await self._db(
+        # The cycle's inputs first: a restarted coordinator resumes from them (_resume).
+        created = await self._db(
             self.recorder.open_cycle,
             period_start,
             self.community,
             self.epoch,
             self.strategy.name,
             now,
-            view.surplus_kw,
+            surplus_kw,
             len(online),
             len(view.contributing),
             reply_by if step.closed is None else None,
+            period_end,
+            online if step.closed is None else None,
         )
+        if not created:  # another coordinator on the same records got there first
+            self.log.error("cycle_recorded_elsewhere", cycle=cycle_id)
+            return
+        self.current = oc
+        self.stats.cycles += 1
         log = self.log.bind(cycle=cycle_id)
         log.info(
             "cycle_opened",
@@ -388,6 +428,85 @@ class Coordinator:
             self.bus.publish(self.topics.cycle_request(), encode(request))
             log.info("request_published", reply_by=format_utc(reply_by))
         await self._apply_step(oc, step)
+
+    async def _resume_unclosed(self) -> None:
+        """At start: every cycle a previous run opened and never closed, oldest first."""
+        stored = await self._db(self.recorder.unclosed_cycles)
+        for i, cycle in enumerate(stored):
+            # Only the latest can still be running; older ones are closed from their records.
+            await self._resume(cycle, allow_live=i == len(stored) - 1)
+
+    async def _resume(self, stored: StoredCycle, *, allow_live: bool) -> None:
+        """Carry on with a recorded cycle that was never closed (faults §3, crash mid-cycle).
+
+        The core cycle is rebuilt from the records (``central.resume``), never
+        recomputed: each stored decision is republished as stored, under this
+        run's epoch (gateways fence older epochs and apply a cycle at most once).
+        Before its reply-by the cycle goes on (the request is sent again: replies
+        sent while no coordinator listened are lost) and closes at its original
+        reply-by; after it, it closes at once and decides nothing new.
+        """
+        cfg = self.settings.cycle
+        now = self.clock.now()
+        log = self.log.bind(cycle=stored.cycle)
+        period_start = datetime.fromisoformat(stored.cycle)
+        period_end = stored.period_end or period_start + timedelta(seconds=cfg.period_s)
+        reply_by = stored.reply_by
+        why_closed = None
+        if reply_by is None or now >= reply_by or now >= period_end:
+            why_closed = "reply_by_passed"
+        elif not allow_live:
+            why_closed = "superseded"
+        elif stored.strategy != self.strategy.name:
+            why_closed = "strategy_changed"
+        elif stored.site_ids is None:
+            why_closed = "sites_not_recorded"
+        replies = await self._db(self.recorder.accepted_replies, stored.cycle)
+        decisions = await self._db(self.recorder.decisions, stored.cycle)
+        rebuilt = rebuild(
+            stored, replies, decisions, self.strategy, self.strategy_state,
+            frozen=why_closed is not None, default_deadline_s=cfg.reply_timeout_s,
+        )
+        if rebuilt.mismatched:
+            # Republished as stored anyway; the replay only rebuilds the state.
+            log.warning("resume_replay_mismatch", sites=rebuilt.mismatched[:20],
+                        count=len(rebuilt.mismatched))
+        elapsed_s = max(0.0, (now - stored.opened_at).total_seconds())
+        oc = OpenCycle(
+            rebuilt.cycle, period_start, period_end, reply_by or now,
+            time.monotonic() - self.clock.real_seconds(elapsed_s), stored.cycle,
+            format_utc(period_end),
+        )
+        log.info("cycle_resumed", previous_epoch=stored.epoch, decisions=len(decisions),
+                 replies=len(replies), remaining_kw=round(rebuilt.cycle.remaining_kw, 3),
+                 elapsed_s=round(elapsed_s, 3), closing=why_closed)
+        if now < period_end and rebuilt.stored:
+            publish = self.bus.publish
+            for d in rebuilt.stored:
+                publish(self.topics.alloc(d.site),
+                        encode_alloc(oc.cycle_id, d.alloc_kw, d.rank, oc.valid_until, self.epoch))
+            log.info("allocations_republished", count=len(rebuilt.stored), epoch=self.epoch)
+        if why_closed is not None:
+            # Nothing new: what the replay would add (0 kW to pending replies) is dropped.
+            reason = rebuilt.closed or "deadline"
+            await self._close(oc, reason)
+            return
+        assert reply_by is not None  # why_closed is None
+        self.current = oc
+        self.stats.cycles += 1
+        self._notify("cycle_opened", oc)
+        if rebuilt.closed is None:
+            self._gc.enter()
+            request = CycleRequest(
+                cycle=period_start,
+                surplus_kw=stored.surplus_kw,
+                period_start=period_start,
+                period_end=period_end,
+                reply_by=reply_by,
+            )
+            self.bus.publish(self.topics.cycle_request(), encode(request))
+            log.info("request_republished", reply_by=format_utc(reply_by))
+        await self._apply_step(oc, Step(decisions=rebuilt.new, closed=rebuilt.closed))
 
     async def _feed(self, offers: list[Offer]) -> None:
         current = self.current

@@ -178,6 +178,26 @@ class EcowattSettings(Section):
         return self
 
 
+class WebSettings(Section):
+    """``[web]``: the operator's page and REST API (docs/operator-page.md)."""
+
+    enabled: bool = False
+    # Loopback by default: reading is open to whoever reaches the port.
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535, description="0 = any free port (tests)")
+    admin_token: SecretStr | None = Field(
+        default=None, description="Bearer token for writes (grid overrides); none = read-only"
+    )
+    sse_queue: int = Field(default=256, ge=1, le=100_000)
+
+    @field_validator("admin_token")
+    @classmethod
+    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 16:
+            raise ValueError("must be at least 16 characters (e.g. `openssl rand -hex 24`)")
+        return value
+
+
 class CentralSettings(ServiceSettings):
     """Everything ``ems-central`` reads."""
 
@@ -187,6 +207,7 @@ class CentralSettings(ServiceSettings):
     clock: ClockSettings = ClockSettings()
     recorder: RecorderSettings = RecorderSettings()
     ecowatt: EcowattSettings = EcowattSettings()
+    web: WebSettings = WebSettings()
     log: LogSettings = LogSettings()
     sites: list[str] | None = Field(
         default=None, description="optional allow-list of site ids; others are refused"

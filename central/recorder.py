@@ -95,7 +95,19 @@ _SCHEMA = [
         state TEXT NOT NULL,
         saved_at TEXT NOT NULL
     )""",
+    # Reports by period: the operator page sums a cycle's measured export, and the
+    # CSV export reads a date range. Added after schema 1; IF NOT EXISTS adds it.
+    """CREATE INDEX IF NOT EXISTS reports_period ON reports (period)""",
 ]
+
+# Columns added to ``cycles`` after schema 1 (ALTER TABLE when missing): what a
+# restarted coordinator needs to resume a cycle it did not close (faults §3,
+# "Coordinator crash mid-cycle"). ``site_ids`` is the JSON list of the sites
+# asked; it is kept only while the cycle is open (100k ids are ~1 MB).
+_CYCLE_COLUMNS_ADDED = (
+    ("period_end", "TEXT"),
+    ("site_ids", "TEXT"),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +138,73 @@ class CycleRow:
     replies: int | None
 
 
+@dataclass(frozen=True, slots=True)
+class StoredCycle:
+    """What the records hold of one cycle's inputs: enough to resume it after a crash."""
+
+    cycle: str
+    epoch: int
+    strategy: str
+    opened_at: datetime
+    surplus_kw: float
+    reply_by: datetime | None  # None: closed at once (no surplus, nobody online)
+    period_end: datetime | None  # None: recorded before it was kept
+    site_ids: frozenset[str] | None  # None: closed, or recorded before they were kept
+    closed_at: str | None
+    close_reason: str | None
+
+    @property
+    def closed(self) -> bool:
+        return self.closed_at is not None
+
+
+@dataclass(frozen=True, slots=True)
+class CycleHistoryRow:
+    """One cycle for the operator's charts: surplus, allocated, and reported export."""
+
+    cycle: str
+    surplus_kw: float
+    allocated_kw: float | None
+    replies: int | None
+    sites: int
+    close_reason: str | None
+    export_kwh: float | None  # sum of the sites' reports for this period (None: none yet)
+    reports: int
+
+
+@dataclass(frozen=True, slots=True)
+class ExportTable:
+    """How one table is exported: its columns, its time column and its unique sort key."""
+
+    columns: tuple[str, ...]
+    time_column: str
+    key: tuple[str, ...]
+
+
+# CSV exports (central/web): one table each, a time range on ``time_column``,
+# pages in ``key`` order (keyset pagination, so a page costs the same late in a
+# large range as early). ``decisions`` has no time of its own: its cycle is one.
+EXPORT_TABLES: dict[str, ExportTable] = {
+    "cycles": ExportTable(
+        ("cycle", "community", "epoch", "strategy", "opened_at", "surplus_kw", "sites",
+         "contributing", "reply_by", "closed_at", "close_reason", "allocated_kw", "replies"),
+        "cycle",
+        ("cycle",),
+    ),
+    "decisions": ExportTable(
+        ("cycle", "site", "alloc_kw", "rank", "flex_kw", "arrival_s", "epoch"),
+        "cycle",
+        ("cycle", "rank", "site"),
+    ),
+    "reports": ExportTable(
+        ("site", "seq", "period", "import_kwh", "export_kwh", "allocated_kwh", "used_kwh",
+         "received_at"),
+        "period",
+        ("period", "site", "seq"),
+    ),
+}
+
+
 def _path_of(url: str) -> Path:
     return Path(url.removeprefix("sqlite:///"))
 
@@ -146,6 +225,10 @@ class Recorder:
             with self._tx():
                 for stmt in _SCHEMA:
                     self._db.execute(stmt)
+                have = {row[1] for row in self._db.execute("PRAGMA table_info(cycles)")}
+                for column, kind in _CYCLE_COLUMNS_ADDED:
+                    if column not in have:
+                        self._db.execute(f"ALTER TABLE cycles ADD COLUMN {column} {kind}")
                 self._db.execute(
                     "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
                     (str(SCHEMA_VERSION),),
@@ -159,6 +242,31 @@ class Recorder:
 
     def close(self) -> None:
         self._db.close()
+
+    @classmethod
+    def reader(cls, url: str) -> Recorder:
+        """A read-only connection to the same file (WAL: reads never wait for the writer).
+
+        For readers off the coordinator's recorder thread (the operator page); it
+        creates nothing, so the file must exist (the coordinator opened it first).
+        """
+        self = cls.__new__(cls)
+        self.url = url
+        path = _path_of(url)
+        try:
+            self._db = sqlite3.connect(
+                f"{path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False,
+                isolation_level=None,
+            )
+            self._db.execute("PRAGMA busy_timeout=5000")
+            self._db.execute("PRAGMA query_only=1")
+        except sqlite3.Error as exc:
+            raise RecorderError(f"cannot read records at {path}: {exc}", url) from exc
+        return self
+
+    @property
+    def in_memory(self) -> bool:
+        return str(_path_of(self.url)) == ":memory:"
 
     # Epoch -------------------------------------------------------------------
     def next_epoch(self) -> int:
@@ -185,13 +293,21 @@ class Recorder:
         sites: int,
         contributing: int,
         reply_by: datetime | None,
-    ) -> None:
+        period_end: datetime | None = None,
+        site_ids: Iterable[str] | None = None,
+    ) -> bool:
+        """Record a new cycle; False (and nothing written) if ``cycle`` is already recorded.
+
+        One cycle id is one run: a restarted coordinator resumes or skips a
+        recorded cycle (``stored_cycle``), it never opens it again over the old
+        row (that would mix two runs' replies and decisions).
+        """
+        ids = json.dumps(sorted(site_ids), separators=(",", ":")) if site_ids is not None else None
         with self._tx():
-            self._db.execute(
+            cur = self._db.execute(
                 "INSERT INTO cycles(cycle, community, epoch, strategy, opened_at, surplus_kw,"
-                " sites, contributing, reply_by) VALUES (?,?,?,?,?,?,?,?,?)"
-                " ON CONFLICT(cycle) DO UPDATE SET epoch=excluded.epoch,"
-                " opened_at=excluded.opened_at",
+                " sites, contributing, reply_by, period_end, site_ids)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(cycle) DO NOTHING",
                 (
                     format_utc(cycle),
                     community,
@@ -202,8 +318,38 @@ class Recorder:
                     sites,
                     contributing,
                     format_utc(reply_by) if reply_by else None,
+                    format_utc(period_end) if period_end else None,
+                    ids,
                 ),
             )
+        return cur.rowcount == 1
+
+    def stored_cycle(self, cycle: str) -> StoredCycle | None:
+        """The recorded inputs and state of ``cycle`` (a ``format_utc`` id), if recorded."""
+        row = self._db.execute(
+            "SELECT cycle, epoch, strategy, opened_at, surplus_kw, reply_by, period_end,"
+            " site_ids, closed_at, close_reason FROM cycles WHERE cycle=?",
+            (cycle,),
+        ).fetchone()
+        return _stored_cycle(row) if row is not None else None
+
+    def unclosed_cycles(self) -> list[StoredCycle]:
+        """Cycles opened and never closed (the coordinator died), oldest first."""
+        rows = self._db.execute(
+            "SELECT cycle, epoch, strategy, opened_at, surplus_kw, reply_by, period_end,"
+            " site_ids, closed_at, close_reason FROM cycles WHERE closed_at IS NULL"
+            " ORDER BY cycle"
+        ).fetchall()
+        return [_stored_cycle(row) for row in rows]
+
+    def accepted_replies(self, cycle: str) -> list[ReplyRow]:
+        """The replies the cycle accepted, in arrival order (= rank order)."""
+        rows = self._db.execute(
+            "SELECT site, arrival_s, flex_kw, outcome FROM replies"
+            " WHERE cycle=? AND outcome='accepted' ORDER BY id",
+            (cycle,),
+        ).fetchall()
+        return [ReplyRow(*row) for row in rows]
 
     def record_step(
         self,
@@ -243,8 +389,8 @@ class Recorder:
     ) -> None:
         with self._tx():
             self._db.execute(
-                "UPDATE cycles SET closed_at=?, close_reason=?, allocated_kw=?, replies=?"
-                " WHERE cycle=?",
+                "UPDATE cycles SET closed_at=?, close_reason=?, allocated_kw=?, replies=?,"
+                " site_ids=NULL WHERE cycle=? AND closed_at IS NULL",
                 (format_utc(closed_at), reason, allocated_kw, replies, format_utc(cycle)),
             )
 
@@ -256,6 +402,43 @@ class Recorder:
             (n,),
         ).fetchall()
         return [CycleRow(*row) for row in reversed(rows)]
+
+    def cycle_history(self, since: str, until: str, limit: int = 5000) -> list[CycleHistoryRow]:
+        """Cycles with ``since <= cycle < until`` (``format_utc`` strings), the latest
+        ``limit`` of them, oldest first, each with the export its sites reported."""
+        rows = self._db.execute(
+            "SELECT c.cycle, c.surplus_kw, c.allocated_kw, c.replies, c.sites, c.close_reason,"
+            " r.export_kwh, COALESCE(r.n, 0)"
+            " FROM (SELECT * FROM cycles WHERE cycle >= ? AND cycle < ?"
+            "       ORDER BY cycle DESC LIMIT ?) AS c"
+            " LEFT JOIN (SELECT period, SUM(export_kwh) AS export_kwh, COUNT(*) AS n"
+            "            FROM reports WHERE period >= ? AND period < ? GROUP BY period) AS r"
+            " ON r.period = c.cycle ORDER BY c.cycle",
+            (since, until, limit, since, until),
+        ).fetchall()
+        return [CycleHistoryRow(*row) for row in rows]
+
+    def export_page(
+        self,
+        table: str,
+        since: str,
+        until: str,
+        after: Sequence[Any] | None = None,
+        limit: int = 5000,
+    ) -> list[tuple[Any, ...]]:
+        """One page of ``table`` (a key of ``EXPORT_TABLES``) with ``since <= time < until``,
+        in key order, after the key ``after`` (the last row's key of the previous page)."""
+        spec = EXPORT_TABLES[table]  # KeyError for anything else: never SQL from a caller
+        cols = ", ".join(spec.columns)
+        key = ", ".join(spec.key)
+        sql = f"SELECT {cols} FROM {table} WHERE {spec.time_column} >= ? AND {spec.time_column} < ?"
+        args: list[Any] = [since, until]
+        if after is not None:
+            sql += f" AND ({key}) > ({', '.join('?' * len(spec.key))})"
+            args.extend(after)
+        sql += f" ORDER BY {key} LIMIT ?"
+        args.append(limit)
+        return self._db.execute(sql, args).fetchall()
 
     def decisions(self, cycle: str) -> list[Decision]:
         rows = self._db.execute(
@@ -392,6 +575,21 @@ class Recorder:
                 "DELETE FROM grid_overrides WHERE day < ?", (before.isoformat(),)
             )
         return int(cur.rowcount)
+
+
+def _parse_utc(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+def _stored_cycle(row: Sequence[Any]) -> StoredCycle:
+    cycle, epoch, strategy, opened_at, surplus_kw, reply_by, period_end, ids, closed_at, why = row
+    opened = _parse_utc(opened_at)
+    assert opened is not None
+    return StoredCycle(
+        cycle, int(epoch), strategy, opened, float(surplus_kw), _parse_utc(reply_by),
+        _parse_utc(period_end), frozenset(json.loads(ids)) if ids is not None else None,
+        closed_at, why,
+    )
 
 
 class _Tx:

@@ -116,6 +116,7 @@ class GridService:
         self.published: list[tuple[str, bytes]] = []
         self.refused = 0
         self.ready = asyncio.Event()
+        self._listeners: list[Callable[[], None]] = []
 
     @classmethod
     def build(
@@ -153,6 +154,11 @@ class GridService:
             )
         return cls(settings, clock=clock, topics=topics, publish=publish, store=store,
                    poller=poller, client=client)
+
+    def add_listener(self, listener: Callable[[], None]) -> None:
+        """Called (no arguments, on this task) whenever the schedule may have changed:
+        new RTE data, an override, the hour moving. It must return at once."""
+        self._listeners.append(listener)
 
     # Called by the coordinator's consumer ------------------------------------------
     def submit(self, command: AdminSignalSet) -> None:
@@ -267,6 +273,11 @@ class GridService:
         if key is not None and (force or key != self._shed_key):
             self._publish_shed(window, view, now)
             self._shed_key = key
+        for listener in self._listeners:
+            try:
+                listener()
+            except Exception:
+                log.exception("grid_listener_failed")
 
     def _updated_at(self, view: SignalView, now: datetime) -> datetime:
         stamps = []
