@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "ems.commands.check_config",
     "ems.commands.cycles",
     "ems.commands.simulate",
+    "ems.commands.bench",
     "ems.commands.demo",
     "ems.commands.signal",
     "ems.commands.community",
