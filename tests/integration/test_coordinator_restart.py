@@ -102,8 +102,11 @@ class Community:
         await self.observer.start()
         self.procs.append(spawn([str(RUNNER), str(self.config), str(SURPLUS_KW)], self.log))
         await until(lambda: self.statuses("online"), "first coordinator online", 20)
-        await asyncio.gather(*(g.start() for g in self.gateways))
-        await until(lambda: all(g.requests for g in self.gateways), "cycle request")
+        # s0 carries the surplus that opens the cycle: start it last, so every
+        # other gateway is online and subscribed when the request goes out.
+        await asyncio.gather(*(g.start() for g in self.gateways[1:]))
+        await self.gateways[0].start()
+        await until(lambda: all(g.requests for g in self.gateways), "cycle request", 30)
 
     def statuses(self, state: str) -> list[dict[str, Any]]:
         return [m for m in self.observer.on(self.topics.coordinator_status())
