@@ -61,9 +61,9 @@ from central.core import Cycle, Offer, get_strategy
 from central.gcpolicy import CycleGc
 from ems.broker import EmbeddedBroker
 from protocol import CycleRequest, Flex, LoadFlex, NetLoad, SiteStatus, Topics, encode, encode_alloc
-from protocol.clock import AcceleratedClock
 from protocol.logs import configure_logging
 from protocol.models import format_utc
+from runtime.clock import AcceleratedClock
 
 DEFAULT_SIZES = (1_000, 10_000, 100_000)
 QUICK_SIZES = (1_000, 10_000)

@@ -174,8 +174,8 @@ async def _run_gateway(spec: dict[str, Any], stages: dict[str, float]) -> None:
     from gateway.app import Gateway
     from gateway.config import load_gateway_settings
     from gateway.sim.phidget import FakeBoard
-    from protocol.clock import SystemClock
     from protocol.logs import configure_logging
+    from runtime.clock import SystemClock
 
     stages["imported"] = proc_status("self").get("VmRSS", 0.0)
     configure_logging("info", "json")

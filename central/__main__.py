@@ -8,8 +8,8 @@ from collections.abc import Sequence
 from central import __version__
 from central.config import CentralSettings, load_central_settings
 from central.errors import CentralError
-from protocol.clock import make_clock
-from protocol.service import Service, run_service
+from runtime.clock import make_clock
+from runtime.service import Service, run_service
 
 
 def _build(settings: CentralSettings) -> Service:

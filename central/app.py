@@ -56,9 +56,9 @@ from protocol import (
     encode_alloc,
     format_utc,
 )
-from protocol.clock import Clock, next_boundary
 from protocol.models import Ack
 from protocol.topics import TopicKind
+from runtime.clock import Clock, next_boundary
 
 if TYPE_CHECKING:
     from central.web import WebServer

@@ -89,7 +89,7 @@ class SystemTime:
 class ManualClock:
     """Time that moves only when told; shareable between threads and with a client.
 
-    It also satisfies ``protocol.clock.Clock``: ``sleep_until`` jumps to the
+    It also satisfies ``runtime.clock.Clock``: ``sleep_until`` jumps to the
     instant at once (and yields to the event loop), so a poller sleeping 15
     minutes costs a test nothing. ``sleeps`` records every requested sleep.
     """

@@ -8,8 +8,8 @@ from collections.abc import Sequence
 from gateway import __version__
 from gateway.config import GatewaySettings, load_gateway_settings
 from gateway.errors import GatewayError
-from protocol.clock import make_clock
-from protocol.service import Service, run_service
+from runtime.clock import make_clock
+from runtime.service import Service, run_service
 
 
 def _build(settings: GatewaySettings) -> Service:

@@ -49,10 +49,10 @@ from protocol import (
     decode,
     encode,
 )
-from protocol.clock import Clock, next_boundary
 from protocol.codec import Limits
 from protocol.models import MAX_ENERGY_KWH, Payload
 from protocol.topics import TopicKind
+from runtime.clock import Clock, next_boundary
 
 log = structlog.get_logger("gateway")
 

@@ -41,7 +41,7 @@ from central.ecowatt.errors import (
     EcowattError,
     EcowattRateLimited,
 )
-from protocol.clock import Clock
+from runtime.clock import Clock
 
 log = structlog.get_logger("central.ecowatt")
 

@@ -49,8 +49,8 @@ from central.ecowatt.client import EcowattClient
 from central.ecowatt.poller import EcowattPoller, PollPolicy
 from central.recorder import Recorder
 from protocol import Topics, encode
-from protocol.clock import Clock
 from protocol.models import AdminSignalSet, GridShed, GridSignal
+from runtime.clock import Clock
 
 log = structlog.get_logger("central.grid")
 

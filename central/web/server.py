@@ -3,7 +3,7 @@
 Run in the coordinator's own event loop (its ``TaskGroup``), so handlers read
 the live state directly. The socket is bound here, not by uvicorn: a port in
 use is then an ``OSError`` we log, where uvicorn would call ``sys.exit``.
-uvicorn's signal capture is turned off: the service (``protocol.service``)
+uvicorn's signal capture is turned off: the service (``runtime.service``)
 owns SIGINT and SIGTERM and stops the server through ``stop()``.
 """
 

@@ -48,7 +48,7 @@ from gateway.sim.shelly import (
     SimShellyPro3Em,
 )
 from protocol import format_utc
-from protocol.clock import Clock
+from runtime.clock import Clock
 
 log = structlog.get_logger("ems.demo.home")
 

@@ -49,8 +49,8 @@ from ems.demo.plan import make_homes
 from ems.rte_standin import RteStandIn
 from gateway.errors import GatewayError
 from protocol import CycleClosed
-from protocol.clock import AcceleratedClock
 from protocol.settings import ConfigError
+from runtime.clock import AcceleratedClock
 
 log = structlog.get_logger("ems.demo")
 

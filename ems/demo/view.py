@@ -29,7 +29,7 @@ from ems.demo.home import DemoHome
 from ems.demo.physics import SATISFIED_KWH
 from ems.demo.profiles import sun_factor
 from ems.demo.runner import CycleRecord, DemoState
-from protocol.clock import next_boundary
+from runtime.clock import next_boundary
 
 HISTORY_ROWS = 10
 SIDE_BY_SIDE_WIDTH = 140

@@ -14,7 +14,7 @@ import sys
 
 from central.app import Coordinator
 from central.config import load_central_settings
-from protocol.clock import SystemClock
+from runtime.clock import SystemClock
 
 
 async def main(config: str, surplus_kw: float) -> None:

@@ -16,7 +16,7 @@ from central.app import Coordinator
 from central.config import CentralSettings, load_central_settings
 from central.recorder import Recorder
 from protocol import CycleRequest, Flex, Report, Topics, encode
-from protocol.clock import SystemClock
+from runtime.clock import SystemClock
 
 pytestmark = pytest.mark.integration
 

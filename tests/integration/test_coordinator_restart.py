@@ -34,7 +34,7 @@ from central.config import load_central_settings
 from central.core.cycle import Decision
 from central.recorder import Recorder, ReplyRow
 from protocol import Flex, Topics, encode
-from protocol.clock import SystemClock
+from runtime.clock import SystemClock
 
 pytestmark = pytest.mark.integration
 

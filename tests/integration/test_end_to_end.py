@@ -25,7 +25,7 @@ from gateway.app import Gateway
 from gateway.config import load_gateway_settings
 from gateway.sim.phidget import FakeBoard
 from gateway.sim.shelly import SimLoad, SimShellyGen2Switch, SimShellyPro3Em
-from protocol.clock import SystemClock
+from runtime.clock import SystemClock
 
 pytestmark = pytest.mark.integration
 

@@ -15,7 +15,7 @@ from simgw import running, until
 from gateway.app import Gateway
 from gateway.config import load_gateway_settings
 from protocol import CoordinatorStatus, CycleClosed, Topics, encode
-from protocol.clock import SystemClock
+from runtime.clock import SystemClock
 
 pytestmark = pytest.mark.integration
 

@@ -23,7 +23,7 @@ from gateway.config import load_gateway_settings
 from gateway.sim.phidget import FakeBoard
 from gateway.sim.shelly import SimLoad, SimShellyGen2Switch
 from protocol import GridSignal, Topics, encode
-from protocol.clock import AcceleratedClock
+from runtime.clock import AcceleratedClock
 
 pytestmark = pytest.mark.integration
 PARIS = ZoneInfo("Europe/Paris")

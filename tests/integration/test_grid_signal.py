@@ -26,8 +26,8 @@ from central.recorder import Recorder
 from ems.cli import main
 from ems.rte_standin import RteStandIn, make_signals
 from protocol import Topics, encode
-from protocol.clock import SystemClock
 from protocol.models import AdminSignalSet
+from runtime.clock import SystemClock
 
 pytestmark = pytest.mark.integration
 

@@ -28,7 +28,7 @@ from gateway.app import Gateway
 from gateway.config import load_gateway_settings
 from gateway.sim.phidget import FakeBoard
 from gateway.sim.shelly import SimLoad, SimShellyGen2Switch
-from protocol.clock import AcceleratedClock
+from runtime.clock import AcceleratedClock
 
 pytestmark = pytest.mark.integration
 PARIS = ZoneInfo("Europe/Paris")

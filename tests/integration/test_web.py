@@ -21,8 +21,8 @@ from structlog.testing import capture_logs
 from central.app import Coordinator
 from central.config import CentralSettings, load_central_settings
 from protocol import Report, Topics, encode
-from protocol.clock import SystemClock
 from protocol.settings import ConfigError
+from runtime.clock import SystemClock
 
 pytestmark = pytest.mark.integration
 

@@ -233,7 +233,7 @@ def test_draws_follow_the_model() -> None:
                 assert fl == 0.0
             else:
                 assert 0.0 <= fl <= 5.0 and round(fl, 2) == fl
-            assert 1.0 <= d <= 10.0
+            assert d >= 1.0 and d <= 10.0
     assert counts == set(range(5, 31))
 
 
