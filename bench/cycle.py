@@ -543,6 +543,12 @@ async def _coordinator_hub(conn: Connection, spec: HubSpec) -> None:
                 cpu0 = time.process_time()
                 await coordinator.start_cycle_now(cmd[2])
             elif cmd[0] == "collect":
+                # The simulator saw cycle/closed; let the coordinator's own
+                # listener catch up before reporting (bounded).
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(5):
+                        while "closed_at" not in marks:
+                            await asyncio.sleep(0.005)
                 conn.send(("done", {**marks, "bus_pending": coordinator.bus.pending,
                                     "cpu_s": time.process_time() - cpu0,
                                     "rss_mb": _peak_rss_mb(), **gc_clock.snapshot(),

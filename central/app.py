@@ -586,7 +586,6 @@ class Coordinator:
             replies=cycle.replies,
             sites=len(cycle.context.sites),
         )
-        self.bus.publish(self.topics.cycle_closed(), encode(closed), retain=True)
         self.strategy_state = cycle.settle(self.strategy_state)
         if self.strategy_state.get("last_method") == "fallback":
             self.log.warning("strategy_fallback", cycle=oc.cycle_id, strategy=self.strategy.name,
@@ -596,6 +595,9 @@ class Coordinator:
                            self.strategy_state, now)
         except RecorderError as exc:
             self.log.warning("strategy_state_not_saved", cycle=oc.cycle_id, error=str(exc))
+        # From here to the listeners nothing awaits: whoever sees cycle/closed
+        # can count on the coordinator's own view (listeners, page) being done.
+        self.bus.publish(self.topics.cycle_closed(), encode(closed), retain=True)
         self.closed_cycles.append(closed)
         del self.closed_cycles[:-100]
         self.log.info(
