@@ -8,40 +8,23 @@ site that lists no loads has minimum 0, so it is served exactly as by ``fifo``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from central.core.strategies.fifo import FifoSession
 from central.core.strategies.rules import min_power_kw
-from central.core.strategy import Grant, Session, StrategyState
+from central.core.strategy import Session, StrategyState
 
 if TYPE_CHECKING:
-    from central.core.cycle import CycleContext, Decision, Offer
+    from central.core.cycle import CycleContext, Offer
 
 
-class FifoMinPowerSession:
-    """Stateless: every decision is taken when the reply arrives."""
+class FifoMinPowerSession(FifoSession):
+    """Stateless: every decision is taken when the reply arrives (only the rule differs)."""
 
-    __slots__ = ("_state",)
-
-    def __init__(self, state: StrategyState) -> None:
-        self._state = state
+    __slots__ = ()
 
     def on_offer(self, offer: Offer, rank: int, remaining_kw: float) -> float:
         return min_power_kw(offer, remaining_kw)
-
-    def wakeup_s(self) -> float | None:
-        return None
-
-    def on_timer(
-        self, elapsed_s: float, pending: Sequence[Offer], remaining_kw: float
-    ) -> Sequence[Grant]:
-        return ()
-
-    def on_close(self, pending: Sequence[Offer], remaining_kw: float) -> Sequence[Grant]:
-        return ()
-
-    def settle(self, decisions: Sequence[Decision]) -> StrategyState:
-        return self._state
 
 
 class FifoMinPower:
