@@ -38,6 +38,7 @@ from central.core.metrics import (
     pareto_front,
     summarize_run,
 )
+from ems.commands.argtypes import positive_float, positive_int
 from ems.simulation.scenarios import (
     DEFAULT_REPLY_TIMEOUT_S,
     SCENARIOS,
@@ -82,7 +83,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     cmd.add_argument(
         "--days",
-        type=_positive_int,
+        type=positive_int,
         default=DEFAULT_DAYS,
         help=f"days per scenario (default: {DEFAULT_DAYS})",
     )
@@ -95,7 +96,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     cmd.add_argument(
         "--homes",
-        type=_positive_int,
+        type=positive_int,
         default=DEFAULT_HOMES,
         help=f"homes in the realistic community (default: {DEFAULT_HOMES})",
     )
@@ -108,7 +109,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     cmd.add_argument(
         "--reply-timeout",
-        type=_positive_float,
+        type=positive_float,
         default=DEFAULT_REPLY_TIMEOUT_S,
         dest="reply_timeout_s",
         metavar="SECONDS",
@@ -128,7 +129,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     cmd.add_argument(
         "--time-limit",
-        type=_positive_float,
+        type=positive_float,
         default=None,
         metavar="SECONDS",
         dest="time_limit_s",
@@ -139,18 +140,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     cmd.set_defaults(func=run_strategies_command)
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not 0.0 < value < math.inf:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
 
 
 def _size_list(text: str) -> list[int]:
@@ -159,7 +148,7 @@ def _size_list(text: str) -> list[int]:
         part = part.strip().lower()
         scale = 1000 if part.endswith("k") else 1
         try:
-            sizes.append(_positive_int(part.removesuffix("k")) * scale)
+            sizes.append(positive_int(part.removesuffix("k")) * scale)
         except ValueError:
             raise argparse.ArgumentTypeError(f"not a site count: {part!r}") from None
     return sizes

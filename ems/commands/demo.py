@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TextIO
 
 from ems.broker import KINDS
+from ems.commands.argtypes import positive_float, positive_int
 from ems.demo.grid import DEFAULT_STRESS, parse_stress
 from ems.demo.runner import DemoError, DemoOptions, run_demo, sqlite_url
 from ems.demo.view import LiveView, PlainView
@@ -41,16 +42,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             "episode from a loopback stand-in for RTE's Ecowatt API."
         ),
     )
-    p.add_argument("--homes", type=_positive_int, default=DEFAULT_HOMES,
+    p.add_argument("--homes", type=positive_int, default=DEFAULT_HOMES,
                    help=f"number of simulated homes (default: {DEFAULT_HOMES})")
     p.add_argument("--seed", type=int, default=1, help="random seed of the homes (default: 1)")
     p.add_argument("--broker", choices=KINDS, default="auto",
                    help="auto: mosquitto when installed, else the in-process amqtt (default)")
-    p.add_argument("--speed", type=_positive_float, default=DEFAULT_SPEED,
+    p.add_argument("--speed", type=positive_float, default=DEFAULT_SPEED,
                    help=f"clock speed-up (default: {DEFAULT_SPEED:g}: a 900 s period every 5 s)")
-    p.add_argument("--period-s", type=_positive_float, default=DEFAULT_PERIOD_S,
+    p.add_argument("--period-s", type=positive_float, default=DEFAULT_PERIOD_S,
                    help=f"cycle period in clock seconds (default: {DEFAULT_PERIOD_S:g})")
-    p.add_argument("--reply-timeout-s", type=_positive_float, default=DEFAULT_REPLY_TIMEOUT_S,
+    p.add_argument("--reply-timeout-s", type=positive_float, default=DEFAULT_REPLY_TIMEOUT_S,
                    help="reply deadline after a request, clock seconds "
                         f"(default: {DEFAULT_REPLY_TIMEOUT_S:g})")
     p.add_argument("--start", type=_start_time, default=None, metavar="TIME",
@@ -64,9 +65,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                              "day (the next one if the start is past them) (default: 18-20)")
     stress.add_argument("--no-stress", dest="stress", action="store_const", const=None,
                         help="RTE's stand-in serves four calm days (level 1)")
-    p.add_argument("--cycles", type=_positive_int, default=None, metavar="N",
+    p.add_argument("--cycles", type=positive_int, default=None, metavar="N",
                    help="stop after N closed cycles")
-    p.add_argument("--duration", type=_positive_float, default=None, metavar="S",
+    p.add_argument("--duration", type=positive_float, default=None, metavar="S",
                    help="stop after S real seconds (default: run until Ctrl-C)")
     p.add_argument("--db", type=Path, default=None, metavar="PATH",
                    help="SQLite records (default: demo.sqlite in a new temp dir); "
@@ -80,18 +81,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.set_defaults(func=run)
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-    return value
 
 
 def _stress_hours(text: str) -> tuple[int, int]:

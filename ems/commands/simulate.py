@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from central.core import STRATEGIES, get_strategy
+from ems.commands.argtypes import positive_float, positive_int
 from ems.simulation.cases import DEFAULT_REPLY_TIMEOUT_S, CaseResult, run_cases
 from ems.simulation.summer_day import (
     PERIOD_H,
@@ -69,7 +70,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     day.add_argument(
         "--cycles",
-        type=_positive_int,
+        type=positive_int,
         default=DEFAULT_CYCLES,
         help=f"number of 15-minute cycles (default: {DEFAULT_CYCLES})",
     )
@@ -79,7 +80,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     day.add_argument(
         "--reply-timeout",
-        type=_positive_float,
+        type=positive_float,
         default=DEFAULT_REPLY_TIMEOUT_S,
         metavar="SECONDS",
         dest="reply_timeout_s",
@@ -95,18 +96,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     day.set_defaults(func=run_summer_day_command)
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-    return value
 
 
 # Formatting ----------------------------------------------------------------
