@@ -14,6 +14,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
+from central.core.flood import FloodPolicy
 from central.core.grid import DEFAULT_SHED_THRESHOLD
 from central.core.strategy import STRATEGIES, get_strategy
 from central.ecowatt import (
@@ -44,6 +45,11 @@ class CycleSettings(Section):
     # "deadline" or {time_limit_s = 1.0} for "milp"; checked by building it.
     strategy_options: dict[str, float | int | bool] = Field(default_factory=dict)
     netload_max_age_s: float | None = Field(default=None, gt=0.0)
+    # Shadow mode (central/shadow.py): strategies scored on every cycle's replies
+    # besides the executed one; empty = off. Their options: ``shadow_options``
+    # by name, else the executed strategy's own options for its name, else defaults.
+    shadow: list[str] = Field(default_factory=list)
+    shadow_options: dict[str, dict[str, float | int | bool]] = Field(default_factory=dict)
 
     @field_validator("strategy")
     @classmethod
@@ -51,6 +57,39 @@ class CycleSettings(Section):
         if value not in STRATEGIES:
             raise ValueError(f"unknown strategy {value!r}; known: {', '.join(sorted(STRATEGIES))}")
         return value
+
+    @field_validator("shadow")
+    @classmethod
+    def _known_shadows(cls, value: list[str]) -> list[str]:
+        unknown = [name for name in value if name not in STRATEGIES]
+        if unknown:
+            raise ValueError(
+                f"unknown strategy {', '.join(map(repr, unknown))} in cycle.shadow; "
+                f"known: {', '.join(sorted(STRATEGIES))}"
+            )
+        twice = sorted({name for name in value if value.count(name) > 1})
+        if twice:
+            raise ValueError(f"listed more than once: {', '.join(twice)}")
+        return value
+
+    @model_validator(mode="after")
+    def _shadow_options_fit(self) -> CycleSettings:
+        for name, options in self.shadow_options.items():
+            if name not in self.shadow:
+                raise ConfigKeyError(
+                    f"[cycle] shadow_options.{name}", "not a strategy listed in shadow"
+                )
+            try:
+                get_strategy(name, **options)
+            except (TypeError, ValueError) as exc:
+                raise ConfigKeyError(f"[cycle] shadow_options.{name}", str(exc)) from exc
+        return self
+
+    def shadow_options_of(self, name: str) -> dict[str, float | int | bool]:
+        """The options a shadow strategy is built with (see ``shadow_options``)."""
+        if name in self.shadow_options:
+            return self.shadow_options[name]
+        return self.strategy_options if name == self.strategy else {}
 
     @model_validator(mode="after")
     def _options_fit_strategy(self) -> CycleSettings:
@@ -82,15 +121,20 @@ class ClockSettings(Section):
 
 
 class RecorderSettings(Section):
-    """``[recorder]``: where cycles, replies, decisions and reports are kept."""
+    """``[recorder]``: where cycles, replies, decisions and reports are kept.
+
+    ``sqlite:///PATH`` (or a plain path) or
+    ``postgresql://USER:PASSWORD@HOST:PORT/DATABASE`` (central/db.py).
+    """
 
     url: str = "sqlite:///ems-central.sqlite"
 
     @field_validator("url")
     @classmethod
     def _supported(cls, value: str) -> str:
-        if "://" in value and not value.startswith("sqlite:///"):
-            raise ValueError("only sqlite:///PATH (or a plain file path) is supported")
+        from central.db import check_url
+
+        check_url(value)  # ValueError naming what is wrong, never echoing a password
         return value
 
     @property
@@ -198,6 +242,27 @@ class WebSettings(Section):
         return value
 
 
+class FloodSettings(Section):
+    """``[flood]``: per-site flood control (central/core/flood.py), rate of rejection logs."""
+
+    enabled: bool = True
+    rate_per_s: float = Field(default=10.0, gt=0.0, le=1_000_000.0)
+    burst: int = Field(default=1000, ge=1, le=10_000_000)
+    quarantine_after: int = Field(default=5000, ge=1, le=100_000_000)
+    quarantine_window_s: float = Field(default=60.0, gt=0.0, le=86_400.0)
+    quarantine_s: float = Field(default=600.0, ge=0.0, le=604_800.0)
+    log_interval_s: float = Field(default=60.0, ge=0.0, le=86_400.0)
+
+    def policy(self) -> FloodPolicy:
+        return FloodPolicy(
+            rate_per_s=self.rate_per_s,
+            burst=float(self.burst),
+            quarantine_after=self.quarantine_after,
+            quarantine_window_s=self.quarantine_window_s,
+            quarantine_s=self.quarantine_s,
+        )
+
+
 class CentralSettings(ServiceSettings):
     """Everything ``ems-central`` reads."""
 
@@ -208,6 +273,7 @@ class CentralSettings(ServiceSettings):
     recorder: RecorderSettings = RecorderSettings()
     ecowatt: EcowattSettings = EcowattSettings()
     web: WebSettings = WebSettings()
+    flood: FloodSettings = FloodSettings()
     log: LogSettings = LogSettings()
     sites: list[str] | None = Field(
         default=None, description="optional allow-list of site ids; others are refused"

@@ -1,11 +1,24 @@
-"""The coordinator's records in SQLite: cycles, replies, decisions, reports, grid overrides.
+"""The coordinator's records: cycles, replies, decisions, reports, grid overrides, shadow scores.
 
-WAL with ``synchronous=FULL``: a committed decision survives a power cut
-(sqlite.org, "pragma synchronous": under NORMAL a WAL commit may roll back
-after a power loss). Every decision is committed before its ``alloc`` is
-published. Decisions that arrive together (one burst drained from the queue)
-share one transaction, so a 100k-reply cycle costs hundreds of fsyncs, not
-100k, without publishing anything before it is durable (group commit).
+In SQLite (the default, one file: ``sqlite:///PATH``) or PostgreSQL
+(``postgresql://USER:PASSWORD@HOST:PORT/DB``, for communities whose records
+outgrow one file or must live on a managed server): the same API, the same
+schema, one SQL text per query (``central.db`` holds the two backends and the
+little that differs). The schema is a numbered list of migrations
+(``central.db_schema``), applied in one transaction when a writer opens the
+records; records written by a newer release are refused with a
+``RecorderError``.
+
+Durability: every decision is committed before its ``alloc`` is published.
+SQLite runs WAL with ``synchronous=FULL`` (under NORMAL a WAL commit may roll
+back after a power loss); PostgreSQL runs with ``synchronous_commit=on``.
+Decisions that arrive together (one burst drained from the queue) share one
+transaction, so a 100k-reply cycle costs hundreds of commits, not 100k,
+without publishing anything before it is durable (group commit).
+
+Errors are ``RecorderError`` naming the store, never its password. A lost
+PostgreSQL connection fails the call in flight (the coordinator logs it and
+goes on, as for any recorder error) and is opened again by the next call.
 
 Synchronous on purpose: the coordinator calls it from one dedicated thread
 (``asyncio`` never blocks on it); the ``ems`` tool calls it directly.
@@ -14,100 +27,22 @@ Synchronous on purpose: the coordinator calls it from one dedicated thread
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
-from pathlib import Path
 from typing import Any
 
-from central.core.cycle import Decision
+import orjson
+
+from central.core.cycle import Decision, LoadOffer
+from central.core.shadow import ShadowRecord, ShadowTotals
+from central.db import Database, connect, scheme_of, sqlite_path
+from central.db_schema import check_not_newer, migrate, stored_version
 from central.errors import RecorderError
 from protocol.models import format_utc
 
-SCHEMA_VERSION = 1
-
-_SCHEMA = [
-    """CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)""",
-    """CREATE TABLE IF NOT EXISTS cycles (
-        cycle TEXT PRIMARY KEY,
-        community TEXT NOT NULL,
-        epoch INTEGER NOT NULL,
-        strategy TEXT NOT NULL,
-        opened_at TEXT NOT NULL,
-        surplus_kw REAL NOT NULL,
-        sites INTEGER NOT NULL,
-        contributing INTEGER NOT NULL,
-        reply_by TEXT,
-        closed_at TEXT,
-        close_reason TEXT,
-        allocated_kw REAL,
-        replies INTEGER
-    )""",
-    """CREATE TABLE IF NOT EXISTS replies (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        cycle TEXT NOT NULL,
-        site TEXT NOT NULL,
-        arrival_s REAL NOT NULL,
-        flex_kw REAL NOT NULL,
-        outcome TEXT NOT NULL
-    )""",
-    """CREATE INDEX IF NOT EXISTS replies_cycle ON replies (cycle)""",
-    """CREATE TABLE IF NOT EXISTS decisions (
-        cycle TEXT NOT NULL,
-        site TEXT NOT NULL,
-        alloc_kw REAL NOT NULL,
-        rank INTEGER NOT NULL,
-        flex_kw REAL NOT NULL,
-        arrival_s REAL NOT NULL,
-        epoch INTEGER NOT NULL,
-        PRIMARY KEY (cycle, site)
-    )""",
-    """CREATE TABLE IF NOT EXISTS reports (
-        site TEXT NOT NULL,
-        seq INTEGER NOT NULL,
-        period TEXT NOT NULL,
-        import_kwh REAL NOT NULL,
-        export_kwh REAL NOT NULL,
-        allocated_kwh REAL NOT NULL,
-        used_kwh REAL NOT NULL,
-        received_at TEXT NOT NULL,
-        PRIMARY KEY (site, seq)
-    )""",
-    """CREATE TABLE IF NOT EXISTS report_acks (
-        site TEXT PRIMARY KEY,
-        acked_seq INTEGER NOT NULL
-    )""",
-    # Manual overrides of one hour's grid level (admin/signal/set, `ems signal
-    # set`). Added after schema 1; CREATE IF NOT EXISTS adds it to older files.
-    """CREATE TABLE IF NOT EXISTS grid_overrides (
-        day TEXT NOT NULL,
-        hour INTEGER NOT NULL,
-        level INTEGER NOT NULL,
-        set_at TEXT NOT NULL,
-        PRIMARY KEY (day, hour)
-    )""",
-    # What a strategy carries from cycle to cycle (e.g. fair_rotation's ledger), as
-    # JSON, one row per strategy name, so a restart does not reset fairness.
-    # Added after schema 1; CREATE IF NOT EXISTS adds it to older files.
-    """CREATE TABLE IF NOT EXISTS strategy_states (
-        strategy TEXT PRIMARY KEY,
-        state TEXT NOT NULL,
-        saved_at TEXT NOT NULL
-    )""",
-    # Reports by period: the operator page sums a cycle's measured export, and the
-    # CSV export reads a date range. Added after schema 1; IF NOT EXISTS adds it.
-    """CREATE INDEX IF NOT EXISTS reports_period ON reports (period)""",
-]
-
-# Columns added to ``cycles`` after schema 1 (ALTER TABLE when missing): what a
-# restarted coordinator needs to resume a cycle it did not close (faults §3,
-# "Coordinator crash mid-cycle"). ``site_ids`` is the JSON list of the sites
-# asked; it is kept only while the cycle is open (100k ids are ~1 MB).
-_CYCLE_COLUMNS_ADDED = (
-    ("period_end", "TEXT"),
-    ("site_ids", "TEXT"),
-)
+# The schema (tables, indexes, columns) is a numbered list of migrations shared by
+# both databases: add to it in central/db_schema.py, not here.
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +53,9 @@ class ReplyRow:
     arrival_s: float
     flex_kw: float
     outcome: str  # "accepted" or the reason it was ignored
+    # The loads behind the reply, with their minimum powers (what `ems replay` needs
+    # to tell what a split could really run); None: recorded before they were kept.
+    loads: tuple[LoadOffer, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,81 +143,64 @@ EXPORT_TABLES: dict[str, ExportTable] = {
 }
 
 
-def _path_of(url: str) -> Path:
-    return Path(url.removeprefix("sqlite:///"))
-
-
 class Recorder:
-    """SQLite records of one coordinator."""
+    """The records of one coordinator, in SQLite or PostgreSQL (``url``)."""
 
     def __init__(self, url: str) -> None:
         self.url = url
-        path = _path_of(url)
+        self._db: Database = connect(url)
         try:
-            if str(path) != ":memory:":
-                path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute("PRAGMA busy_timeout=5000")
-            with self._tx():
-                for stmt in _SCHEMA:
-                    self._db.execute(stmt)
-                have = {row[1] for row in self._db.execute("PRAGMA table_info(cycles)")}
-                for column, kind in _CYCLE_COLUMNS_ADDED:
-                    if column not in have:
-                        self._db.execute(f"ALTER TABLE cycles ADD COLUMN {column} {kind}")
-                self._db.execute(
-                    "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
-                    (str(SCHEMA_VERSION),),
-                )
-        except sqlite3.Error as exc:
-            raise RecorderError(f"cannot open records at {path}: {exc}", url) from exc
+            migrate(self._db)
+        except BaseException:
+            self._db.close()
+            raise
 
     # Plumbing ----------------------------------------------------------------
     def _tx(self) -> _Tx:
-        return _Tx(self._db, self.url)
+        return _Tx(self._db)
 
     def close(self) -> None:
         self._db.close()
 
     @classmethod
     def reader(cls, url: str) -> Recorder:
-        """A read-only connection to the same file (WAL: reads never wait for the writer).
+        """A read-only connection to the same records (the writer opened them first).
 
-        For readers off the coordinator's recorder thread (the operator page); it
-        creates nothing, so the file must exist (the coordinator opened it first).
+        For readers off the coordinator's recorder thread (the operator page):
+        SQLite in WAL mode never makes them wait for the writer; PostgreSQL runs
+        every statement in a read-only transaction. It creates nothing.
         """
         self = cls.__new__(cls)
         self.url = url
-        path = _path_of(url)
+        self._db = connect(url, readonly=True)
         try:
-            self._db = sqlite3.connect(
-                f"{path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False,
-                isolation_level=None,
-            )
-            self._db.execute("PRAGMA busy_timeout=5000")
-            self._db.execute("PRAGMA query_only=1")
-        except sqlite3.Error as exc:
-            raise RecorderError(f"cannot read records at {path}: {exc}", url) from exc
+            check_not_newer(self._db, stored_version(self._db))
+        except BaseException:
+            self._db.close()
+            raise
         return self
 
     @property
+    def backend(self) -> str:
+        """``sqlite`` or ``postgresql``."""
+        return self._db.kind
+
+    @property
     def in_memory(self) -> bool:
-        return str(_path_of(self.url)) == ":memory:"
+        return scheme_of(self.url) == "sqlite" and str(sqlite_path(self.url)) == ":memory:"
 
     # Epoch -------------------------------------------------------------------
     def next_epoch(self) -> int:
         """Raise and return the coordinator's epoch (+1 per start)."""
         with self._tx():
-            row = self._db.execute("SELECT value FROM meta WHERE key='epoch'").fetchone()
-            epoch = int(row[0]) + 1 if row else 1
+            # One atomic upsert: two processes starting at once get two epochs.
             self._db.execute(
-                "INSERT INTO meta(key, value) VALUES ('epoch', ?) "
-                "ON CONFLICT(key) DO UPDATE SET value=excluded.value",
-                (str(epoch),),
+                "INSERT INTO meta(key, value) VALUES ('epoch', '1') ON CONFLICT(key)"
+                " DO UPDATE SET value=CAST(CAST(meta.value AS INTEGER) + 1 AS TEXT)"
             )
-        return epoch
+            row = self._db.execute("SELECT value FROM meta WHERE key='epoch'").fetchone()
+        assert row is not None
+        return int(row[0])
 
     # Cycles ------------------------------------------------------------------
     def open_cycle(
@@ -345,11 +266,11 @@ class Recorder:
     def accepted_replies(self, cycle: str) -> list[ReplyRow]:
         """The replies the cycle accepted, in arrival order (= rank order)."""
         rows = self._db.execute(
-            "SELECT site, arrival_s, flex_kw, outcome FROM replies"
+            "SELECT site, arrival_s, flex_kw, outcome, loads FROM replies"
             " WHERE cycle=? AND outcome='accepted' ORDER BY id",
             (cycle,),
         ).fetchall()
-        return [ReplyRow(*row) for row in rows]
+        return [_reply_row(row) for row in rows]
 
     def record_step(
         self,
@@ -365,14 +286,15 @@ class Recorder:
         with self._tx():
             if replies:
                 self._db.executemany(
-                    "INSERT INTO replies(cycle, site, arrival_s, flex_kw, outcome)"
-                    " VALUES (?,?,?,?,?)",
-                    [(cid, r.site, r.arrival_s, r.flex_kw, r.outcome) for r in replies],
+                    "INSERT INTO replies(cycle, site, arrival_s, flex_kw, outcome, loads)"
+                    " VALUES (?,?,?,?,?,?)",
+                    [(cid, r.site, r.arrival_s, r.flex_kw, r.outcome, _loads_json(r.loads))
+                     for r in replies],
                 )
             if decisions:
                 self._db.executemany(
-                    "INSERT OR IGNORE INTO decisions(cycle, site, alloc_kw, rank, flex_kw,"
-                    " arrival_s, epoch) VALUES (?,?,?,?,?,?,?)",
+                    "INSERT INTO decisions(cycle, site, alloc_kw, rank, flex_kw,"
+                    " arrival_s, epoch) VALUES (?,?,?,?,?,?,?) ON CONFLICT DO NOTHING",
                     [
                         (cid, d.site, d.alloc_kw, d.rank, d.flex_kw, d.elapsed_s, epoch)
                         for d in decisions
@@ -418,6 +340,17 @@ class Recorder:
         ).fetchall()
         return [CycleHistoryRow(*row) for row in rows]
 
+    def allocated_kw_by_site(self, before_epoch: int) -> dict[str, float]:
+        """Each site's summed allocation (kW, one term per cycle) over the decisions of the
+        runs before epoch ``before_epoch``: the operator page's long-run share starts
+        from it, and this run's own decisions (its epoch) add to it live."""
+        rows = self._db.execute(
+            "SELECT site, SUM(alloc_kw) FROM decisions WHERE epoch < ? AND alloc_kw > 0"
+            " GROUP BY site",
+            (before_epoch,),
+        ).fetchall()
+        return {site: float(total) for site, total in rows}
+
     def export_page(
         self,
         table: str,
@@ -450,10 +383,11 @@ class Recorder:
 
     def replies(self, cycle: str) -> list[ReplyRow]:
         rows = self._db.execute(
-            "SELECT site, arrival_s, flex_kw, outcome FROM replies WHERE cycle=? ORDER BY id",
+            "SELECT site, arrival_s, flex_kw, outcome, loads FROM replies WHERE cycle=?"
+            " ORDER BY id",
             (cycle,),
         ).fetchall()
-        return [ReplyRow(*row) for row in rows]
+        return [_reply_row(row) for row in rows]
 
     # Reports -----------------------------------------------------------------
     def record_report(
@@ -466,16 +400,20 @@ class Recorder:
         allocated_kwh: float,
         used_kwh: float,
         received_at: datetime,
+        dropped_through: int | None = None,
     ) -> int:
         """Store a report once (idempotent by site and seq); return the site's acked seq.
 
         The acked seq is the highest contiguous one, counted from the first
-        report ever seen from the site.
+        report ever seen from the site. ``dropped_through``: the gateway's full
+        outbox dropped every report up to it unsent, so none of them will come
+        (docs/reliability.md): the acked seq moves past that gap.
         """
         with self._tx():
             self._db.execute(
-                "INSERT OR IGNORE INTO reports(site, seq, period, import_kwh, export_kwh,"
-                " allocated_kwh, used_kwh, received_at) VALUES (?,?,?,?,?,?,?,?)",
+                "INSERT INTO reports(site, seq, period, import_kwh, export_kwh,"
+                " allocated_kwh, used_kwh, received_at) VALUES (?,?,?,?,?,?,?,?)"
+                " ON CONFLICT DO NOTHING",
                 (
                     site,
                     seq,
@@ -491,6 +429,8 @@ class Recorder:
                 "SELECT acked_seq FROM report_acks WHERE site=?", (site,)
             ).fetchone()
             acked = int(row[0]) if row else seq - 1
+            if dropped_through is not None and dropped_through < seq:
+                acked = max(acked, dropped_through)
             while self._db.execute(
                 "SELECT 1 FROM reports WHERE site=? AND seq=?", (site, acked + 1)
             ).fetchone():
@@ -504,10 +444,9 @@ class Recorder:
 
     def report_count(self, site: str | None = None) -> int:
         if site is None:
-            return int(self._db.execute("SELECT COUNT(*) FROM reports").fetchone()[0])
-        return int(
-            self._db.execute("SELECT COUNT(*) FROM reports WHERE site=?", (site,)).fetchone()[0]
-        )
+            return int(self._db.execute("SELECT COUNT(*) FROM reports").rows[0][0])
+        rows = self._db.execute("SELECT COUNT(*) FROM reports WHERE site=?", (site,)).rows
+        return int(rows[0][0])
 
 
     # Strategy state ----------------------------------------------------------
@@ -576,9 +515,121 @@ class Recorder:
             )
         return int(cur.rowcount)
 
+    # Shadow scores -----------------------------------------------------------
+    def record_shadow_scores(self, rows: Sequence[ShadowRecord]) -> None:
+        """One cycle's shadow rows, in one transaction; a cycle scored again is overwritten."""
+        if not rows:
+            return
+        with self._tx():
+            self._db.executemany(
+                "INSERT INTO shadow_scores(cycle, strategy, status, surplus_kw, allocated_kw,"
+                " usable_kw, share, sites_served, jain, elapsed_s, fallback, compute_s, error)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (cycle, strategy) DO UPDATE SET"
+                " status=excluded.status, surplus_kw=excluded.surplus_kw,"
+                " allocated_kw=excluded.allocated_kw, usable_kw=excluded.usable_kw,"
+                " share=excluded.share, sites_served=excluded.sites_served,"
+                " jain=excluded.jain, elapsed_s=excluded.elapsed_s,"
+                " fallback=excluded.fallback, compute_s=excluded.compute_s,"
+                " error=excluded.error",
+                [
+                    (r.cycle, r.strategy, r.status, r.surplus_kw, r.allocated_kw, r.usable_kw,
+                     r.share, r.sites_served, r.jain, r.elapsed_s, int(r.fallback),
+                     r.compute_s, r.error)
+                    for r in rows
+                ],
+            )
+
+    def shadow_scores(self, since: str, until: str, limit: int = 50_000) -> list[ShadowRecord]:
+        """Shadow rows of the cycles with ``since <= cycle < until`` (``format_utc``
+        strings), the latest ``limit`` rows, by cycle then strategy."""
+        rows = self._db.execute(
+            "SELECT * FROM (SELECT " + self._SHADOW_COLUMNS + " FROM shadow_scores"
+            " WHERE cycle >= ? AND cycle < ? ORDER BY cycle DESC, strategy DESC LIMIT ?) AS s"
+            " ORDER BY cycle, strategy",
+            (since, until, limit),
+        ).fetchall()
+        return [self._shadow_record(row) for row in rows]
+
+    def last_shadow_scores(self, cycles: int) -> list[ShadowRecord]:
+        """Shadow rows of the last ``cycles`` cycles scored, by cycle then strategy."""
+        rows = self._db.execute(
+            "SELECT " + self._SHADOW_COLUMNS + " FROM shadow_scores WHERE cycle IN"
+            " (SELECT DISTINCT cycle FROM shadow_scores ORDER BY cycle DESC LIMIT ?)"
+            " ORDER BY cycle, strategy",
+            (cycles,),
+        ).fetchall()
+        return [self._shadow_record(row) for row in rows]
+
+    def shadow_summary(self, since: str, until: str) -> list[ShadowTotals]:
+        """Per strategy over the cycles with ``since <= cycle < until``: sums of surplus,
+        allocated and usable power over the cycles scored, mean Jain's index, counts."""
+        rows = self._db.execute(
+            "SELECT strategy,"
+            " SUM(CASE WHEN status='ok' THEN 1 ELSE 0 END),"
+            " SUM(CASE WHEN status='error' THEN 1 ELSE 0 END),"
+            " SUM(CASE WHEN status='skipped' THEN 1 ELSE 0 END),"
+            " SUM(CASE WHEN status='ok' THEN surplus_kw ELSE 0 END),"
+            " SUM(CASE WHEN status='ok' THEN allocated_kw ELSE 0 END),"
+            " SUM(CASE WHEN status='ok' THEN usable_kw ELSE 0 END),"
+            " SUM(CASE WHEN status='ok' THEN sites_served ELSE 0 END),"
+            " AVG(CASE WHEN status='ok' THEN jain END),"
+            " AVG(CASE WHEN status='ok' THEN elapsed_s END),"
+            " SUM(fallback), AVG(compute_s), MAX(compute_s)"
+            " FROM shadow_scores WHERE cycle >= ? AND cycle < ?"
+            " GROUP BY strategy ORDER BY strategy",
+            (since, until),
+        ).fetchall()
+        return [
+            ShadowTotals(
+                strategy, int(ok), int(err), int(skipped), float(surplus or 0.0),
+                float(alloc or 0.0), float(usable or 0.0), int(served or 0), jain, elapsed,
+                int(fallbacks or 0), compute_mean, compute_max,
+            )
+            for (strategy, ok, err, skipped, surplus, alloc, usable, served, jain, elapsed,
+                 fallbacks, compute_mean, compute_max) in rows
+        ]
+
+    _SHADOW_COLUMNS = (
+        "cycle, strategy, status, surplus_kw, allocated_kw, usable_kw, share, sites_served,"
+        " jain, elapsed_s, fallback, compute_s, error"
+    )
+
+    @staticmethod
+    def _shadow_record(row: Sequence[Any]) -> ShadowRecord:
+        (cycle, strategy, status, surplus_kw, allocated_kw, usable_kw, share, served, jain,
+         elapsed_s, fallback, compute_s, error) = row
+        return ShadowRecord(cycle, strategy, status, surplus_kw, allocated_kw, usable_kw, share,
+                            served, jain, elapsed_s, bool(fallback), compute_s, error)
+
 
 def _parse_utc(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value) if value else None
+
+
+def _loads_json(loads: Sequence[LoadOffer] | None) -> str | None:
+    # [[id, kind, min_kw, max_kw, priority, until_s, energy_kwh], ...]: positional
+    # lists, not objects, trailing nulls left out, since a 100k-reply burst
+    # writes 100k of these (about 1.2 us a reply to encode and insert).
+    if loads is None:
+        return None
+    out = []
+    for load in loads:
+        item = list(load)
+        while item[-1] is None:
+            item.pop()
+        out.append(item)
+    return orjson.dumps(out).decode()
+
+
+def _reply_row(row: Sequence[Any]) -> ReplyRow:
+    site, arrival_s, flex_kw, outcome, loads = row
+    parsed = None
+    if loads is not None:
+        try:
+            parsed = tuple(LoadOffer(*item) for item in orjson.loads(loads))
+        except (orjson.JSONDecodeError, TypeError, ValueError):
+            parsed = None  # unreadable: as if not recorded
+    return ReplyRow(site, arrival_s, flex_kw, outcome, parsed)
 
 
 def _stored_cycle(row: Sequence[Any]) -> StoredCycle:
@@ -593,31 +644,28 @@ def _stored_cycle(row: Sequence[Any]) -> StoredCycle:
 
 
 class _Tx:
-    """``BEGIN IMMEDIATE`` … ``COMMIT``; rolls back and raises ``RecorderError`` on failure."""
+    """``BEGIN`` (SQLite: ``IMMEDIATE``) … ``COMMIT``; rolls back on any failure.
 
-    __slots__ = ("_db", "_url")
+    Driver errors arrive as ``RecorderError`` already (``central.db``).
+    """
 
-    def __init__(self, db: sqlite3.Connection, url: str) -> None:
+    __slots__ = ("_db",)
+
+    def __init__(self, db: Database) -> None:
         self._db = db
-        self._url = url
 
     def __enter__(self) -> None:
-        try:
-            self._db.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
-            raise RecorderError(f"cannot begin a transaction: {exc}", self._url) from exc
+        self._db.begin()
 
     def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
         if exc is None:
             try:
-                self._db.execute("COMMIT")
-                return
-            except sqlite3.Error as err:
-                self._db.execute("ROLLBACK")
-                raise RecorderError(f"commit failed: {err}", self._url) from err
-        self._db.execute("ROLLBACK")
-        if isinstance(exc, sqlite3.Error):
-            raise RecorderError(f"write failed: {exc}", self._url) from exc
+                self._db.commit()
+            except BaseException:
+                self._db.rollback()
+                raise
+            return
+        self._db.rollback()
 
 
 def rows_to_table(rows: Iterable[CycleRow]) -> list[list[str]]:

@@ -7,6 +7,10 @@ missing binary fails the run instead of skipping it.
 
 ``topic_root``: a fresh topic root per test, so no test sees another's retained
 messages on the shared broker. Use it as ``protocol.Topics(community, root=...)``.
+
+``postgres``, ``pg_url``, ``records_url``: a real PostgreSQL server for the
+session, a fresh database per test, and a recorder URL on each backend (SQLite
+and PostgreSQL); see ``tests/pg.py``.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+from pg import pg_url, postgres, records_url  # noqa: F401  (PostgreSQL fixtures: tests/pg.py)
 
 from ems.broker import BrokerNotFoundError, EmbeddedBroker
 

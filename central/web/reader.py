@@ -1,8 +1,9 @@
 """``RecordReader``: the operator page's reads of the records, off the event loop.
 
-A read-only SQLite connection of its own, used from one thread of its own: in
-WAL mode readers never wait for the writer, so a slow export never delays a
-cycle's commit, and the coordinator's recorder thread (which every decision
+A read-only connection of its own (``Recorder.reader``: SQLite in WAL mode,
+whose readers never wait for the writer, or a PostgreSQL session with
+``default_transaction_read_only``), used from one thread of its own, so a slow
+export never delays a cycle's commit, and the coordinator's recorder thread (which every decision
 goes through before its ``alloc`` is published) never queues behind a page.
 An in-memory database cannot be opened twice: then reads share the
 coordinator's recorder and its thread.

@@ -9,6 +9,7 @@ import sys
 from rich.console import Console
 from rich.table import Table
 
+from central.db import redact_url
 from central.errors import RecorderError
 from central.recorder import Recorder, rows_to_table
 from protocol.settings import EX_CONFIG, ConfigError
@@ -45,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(out, indent=2))
         return 0
     console = Console(width=None if sys.stdout.isatty() else 140)
-    table = Table(title=f"last {len(rows)} cycles ({url})")
+    table = Table(title=f"last {len(rows)} cycles ({redact_url(url)})")
     for h in HEADERS:
         table.add_column(h, justify="right" if "kW" in h or h in ("used", "epoch") else "left")
     for r in rows_to_table(rows):
@@ -66,7 +67,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("cycles", help="print the last recorded cycles")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--config", "-c", help="the coordinator's config (its [recorder] url)")
-    src.add_argument("--db", help="a recorder url or SQLite path")
+    src.add_argument("--db", help="a recorder url (sqlite:///PATH, postgresql://...) or a path")
     p.add_argument("--last", type=int, default=10, help="how many cycles (default 10)")
     p.add_argument("--decisions", action="store_true", help="also list each cycle's decisions")
     p.add_argument("--json", action="store_true", help="machine-readable output")

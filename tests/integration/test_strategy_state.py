@@ -1,13 +1,12 @@
 """A strategy's carried state survives a coordinator restart (recorder table ``strategy_states``).
 
 fair_rotation's ledger decides who goes first; losing it at each restart would
-hand the surplus back to the fastest responders. SQLite files under tmp_path.
+hand the surplus back to the fastest responders. On both recorder backends.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 
@@ -19,8 +18,8 @@ from central.recorder import Recorder
 AT = datetime(2026, 6, 21, 12, 15, tzinfo=UTC)
 
 
-def test_fair_rotation_ledger_round_trips_through_the_recorder(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'central.db'}"
+def test_fair_rotation_ledger_round_trips_through_the_recorder(records_url: str) -> None:
+    url = records_url
     strategy = get_strategy("fair_rotation")
     cycle, _ = Cycle.open("c1", 3.0, ["a"], strategy, deadline_s=30.0)
     cycle.offer(Offer("a", "c1", 3.0, 1.0))

@@ -1,4 +1,7 @@
-"""The records a restarted coordinator resumes a cycle from, and the rebuild itself."""
+"""The records a restarted coordinator resumes a cycle from, and the rebuild itself.
+
+The recorder's tests run on both backends (``records_url``: SQLite and PostgreSQL).
+"""
 
 from __future__ import annotations
 
@@ -24,8 +27,8 @@ def open_one(rec: Recorder, *, epoch: int = 1, surplus_kw: float = 5.0) -> bool:
     )
 
 
-def test_a_cycle_is_recorded_once_and_read_back(tmp_path: Path) -> None:
-    rec = Recorder(f"sqlite:///{tmp_path / 'r.sqlite'}")
+def test_a_cycle_is_recorded_once_and_read_back(records_url: str) -> None:
+    rec = Recorder(records_url)
     assert rec.stored_cycle(CID) is None
     assert open_one(rec)
     # Opening the same id again changes nothing (no mixing of two runs).
@@ -40,8 +43,8 @@ def test_a_cycle_is_recorded_once_and_read_back(tmp_path: Path) -> None:
     rec.close()
 
 
-def test_accepted_replies_in_arrival_order_and_close_once(tmp_path: Path) -> None:
-    rec = Recorder(f"sqlite:///{tmp_path / 'r.sqlite'}")
+def test_accepted_replies_in_arrival_order_and_close_once(records_url: str) -> None:
+    rec = Recorder(records_url)
     open_one(rec)
     rec.record_step(T0, 1, [ReplyRow("s2", 0.2, 3.0, "accepted"),
                             ReplyRow("s9", 0.3, 1.0, "not_requested")],
