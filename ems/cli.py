@@ -16,6 +16,7 @@ from collections.abc import Sequence
 COMMAND_MODULES = (
     "ems.commands.check_config",
     "ems.commands.cycles",
+    "ems.commands.replay",
     "ems.commands.simulate",
     "ems.commands.bench",
     "ems.commands.demo",

@@ -9,12 +9,15 @@ the EV thesis (DOMAIN.md): Pareto dominance, distance to the ideal point
 normalised by the nadir, and the C-metric between two fronts. Every
 objective vector here is to be *minimised*.
 
-Usable power follows the gateway's whole-load rule (``gateway/ems/plan.py``):
-a relay-switched load draws its running power (``max_kw``) or nothing, so an
-allocation is usable up to the largest sum of its loads' ``max_kw`` that
-fits. With ``modulating=True`` a load may draw anything in
-``[min_kw, max_kw]`` (a wallbox or an inverter heat pump), which is what the
-core's minimum-power rule assumes.
+``usable_loads`` is the coordinator's own estimate of what a reply's loads
+can run on an allocation, from the reply alone: whole loads (each draws its
+``max_kw`` or nothing), or with ``modulating=True`` anything in
+``[min_kw, max_kw]``, which is what the core's minimum-power rule assumes.
+Gateways reply with what each load can really run at (a whole load has
+``min_kw == max_kw``: docs/protocol.md, "flex"). What the homes really run is
+the gateway's own plan (``gateway.ems.plan``, which the core may not import):
+the strategy benchmark computes ``CycleRecord.usable_kw`` with it
+(``ems/simulation/scenarios.py``).
 """
 
 from __future__ import annotations
@@ -170,7 +173,7 @@ class CycleRecord(NamedTuple):
     surplus_kw: float
     allocated_kw: float
     usable_kw: float
-    """What the chosen loads really draw (whole-load rule)."""
+    """What the chosen loads really draw (the homes' own plans)."""
     usable_modulating_kw: float
     """The same if loads could draw anything between their minimum and maximum."""
     decision_delays_s: tuple[float, ...]

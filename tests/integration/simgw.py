@@ -21,6 +21,7 @@ from protocol import (
     Alloc,
     CycleRequest,
     Flex,
+    LoadFlex,
     NetLoad,
     SiteStatus,
     Topics,
@@ -42,6 +43,7 @@ class SimGateway:
         *,
         flex_kw: float | Callable[[CycleRequest], float | None] = 0.0,
         net_export_kw: float = 0.0,
+        loads: tuple[LoadFlex, ...] = (),
     ) -> None:
         self.topics = topics
         self.site = site
@@ -49,6 +51,7 @@ class SimGateway:
         self.port = port
         self.flex_kw = flex_kw
         self.net_export_kw = net_export_kw
+        self.loads = loads  # listed in every flex reply
         self.requests: list[CycleRequest] = []
         self.allocs: list[Alloc] = []
         self.acks: list[int] = []
@@ -90,7 +93,7 @@ class SimGateway:
             self.requests.append(msg)
             flex = self.flex_kw(msg) if callable(self.flex_kw) else self.flex_kw
             if flex is not None:
-                reply = Flex(cycle=msg.cycle, flex_kw=flex)
+                reply = Flex(cycle=msg.cycle, flex_kw=flex, loads=self.loads)
                 client.publish(self.topics.flex(self.site), encode(reply), qos=1)
         elif isinstance(msg, Alloc):
             self.allocs.append(msg)
