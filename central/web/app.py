@@ -21,19 +21,31 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
+import orjson
 import structlog
-from fastapi import Depends, FastAPI, HTTPException, Query, status
+from fastapi import Depends, FastAPI, HTTPException, Query, Response, status
 from fastapi.responses import FileResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, ConfigDict, Field
 
 from central import __version__
 from central.core.grid import day_start, override_problem
 from central.recorder import EXPORT_TABLES, Recorder
 from central.web.events import EventHub
-from central.web.live import LiveState, community_view, grid_view, sites_view
+from central.web.live import LiveState, community_view, grid_view, relays_view, sites_view
+from central.web.models import (
+    CommunityNow,
+    CycleHistory,
+    GridNow,
+    Health,
+    HvalueIn,
+    OverrideAccepted,
+    OverrideIn,
+    RelaysState,
+    SitesPage,
+)
 from central.web.reader import RecordReader
+from central.web.shadow import add_shadow_routes
 from protocol.models import AdminSignalSet, format_utc
 
 if TYPE_CHECKING:
@@ -62,16 +74,6 @@ class WebContext:
     def close(self) -> None:
         self.hub.close()
         self.reader.close()
-
-
-class OverrideIn(BaseModel):
-    """One hour's grid level, as ``admin/signal/set``: ``level: null`` clears the override."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    day: date = Field(description="the local day (the [ecowatt] timezone)")
-    hour: int = Field(ge=0, le=24, description="hours since the local midnight")
-    level: int | None = Field(ge=0, le=3, description="0-3 (RTE: 1 normal, 2 tense, 3 cut)")
 
 
 def create_app(coordinator: Coordinator) -> FastAPI:
@@ -120,20 +122,44 @@ def create_app(coordinator: Coordinator) -> FastAPI:
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     # Live state --------------------------------------------------------------
-    @app.get("/api/community", tags=["live"])
+    @app.get("/api/community", tags=["live"], response_model=CommunityNow)
     async def community() -> dict[str, Any]:
         """The community now: surplus, allocated, injected, grid level, sites online/degraded."""
         return community_view(coordinator)
 
-    @app.get("/api/sites", tags=["live"])
+    @app.get("/api/health", tags=["live"], response_model=Health)
+    async def health() -> dict[str, Any]:
+        """Alive, and what it refused: counters by reason (flood control included), log
+        lines suppressed by the rate limit, sites in quarantine (docs/reliability.md)."""
+        return coordinator.health()
+
+    @app.get("/api/sites", tags=["live"], response_model=SitesPage)
     async def sites(
         offset: Annotated[int, Query(ge=0)] = 0,
         limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
-    ) -> dict[str, Any]:
-        """One row per site, by id: net load and its age, last reply, allocation and rank."""
-        return sites_view(coordinator, ctx.live, offset, limit)
+    ) -> Response:
+        """One row per site, by id: net load and its age, last reply, allocation and rank,
+        its share of the allocated energy since the start and over all the records."""
+        if ctx.live.prior_kwh is None:
+            await long_run_seeded()
+        return _page(sites_view(coordinator, ctx.live, offset, limit))
 
-    @app.get("/api/events", tags=["live"])
+    seed_lock = asyncio.Lock()
+
+    async def long_run_seeded() -> None:
+        # The earlier runs' allocations, read once (off the loop); until then, and if the
+        # records cannot be read, the long-run share is null and the rows still show.
+        async with seed_lock:
+            if ctx.live.prior_kwh is not None:
+                return
+            try:
+                prior = await read(Recorder.allocated_kw_by_site, coordinator.epoch)
+            except HTTPException:
+                return
+            ctx.live.seed(prior)
+
+    @app.get("/api/events", tags=["live"], response_class=StreamingResponse,
+             responses={200: _text("text/event-stream", "WHATWG server-sent events")})
     async def events() -> StreamingResponse:
         """Server-sent events: ``cycle_opened``, ``allocations``, ``cycle_closed``, ``grid``."""
         return StreamingResponse(
@@ -143,18 +169,18 @@ def create_app(coordinator: Coordinator) -> FastAPI:
         )
 
     # History -----------------------------------------------------------------
-    @app.get("/api/cycles", tags=["history"])
+    @app.get("/api/cycles", tags=["history"], response_model=CycleHistory)
     async def cycles(
         since: str | None = None,
         until: str | None = None,
         limit: Annotated[int, Query(ge=1, le=50_000)] = 5000,
-    ) -> dict[str, Any]:
+    ) -> Response:
         """Cycles in ``[since, until)`` (ISO times, or local days): surplus, allocated, and
         the export the sites reported for the period (``injected_kw``, its mean)."""
         start, end = time_range(since, until)
         rows = await read(Recorder.cycle_history, format_utc(start), format_utc(end), limit)
         period_h = coordinator.settings.cycle.period_s / 3600.0
-        return {
+        return _page({
             "since": format_utc(start),
             "until": format_utc(end),
             "period_s": coordinator.settings.cycle.period_s,
@@ -174,9 +200,10 @@ def create_app(coordinator: Coordinator) -> FastAPI:
                 }
                 for r in rows
             ],
-        }
+        })
 
-    @app.get("/api/export/{table}.csv", tags=["history"])
+    @app.get("/api/export/{table}.csv", tags=["history"], response_class=StreamingResponse,
+             responses={200: _text("text/csv", "a header row, then one row per record")})
     async def export(
         table: Literal["cycles", "decisions", "reports"],
         since: str | None = None,
@@ -196,7 +223,7 @@ def create_app(coordinator: Coordinator) -> FastAPI:
         )
 
     # Grid signal ---------------------------------------------------------------
-    @app.get("/api/grid", tags=["grid"])
+    @app.get("/api/grid", tags=["grid"], response_model=GridNow)
     async def grid() -> dict[str, Any]:
         """The grid signal's days hour by hour: RTE's levels and the overrides on top."""
         return grid_view(coordinator)
@@ -218,27 +245,78 @@ def create_app(coordinator: Coordinator) -> FastAPI:
             log.warning("web_admin_refused", reason="wrong token")
             raise HTTPException(status.HTTP_403_FORBIDDEN, "wrong admin token")
 
+    def submit_override(day: date, hour: int, level: int | None, route: str) -> OverrideAccepted:
+        # One implementation for the override and its prototype alias.
+        if level is not None:
+            problem = override_problem(day, hour, coordinator.clock.now(), tz)
+            if problem is not None:
+                raise HTTPException(422, problem)
+        command = AdminSignalSet(day=day, hour=hour, level=level)
+        log.info("admin_signal_received", source="web", route=route, day=day.isoformat(),
+                 hour=hour, grid_level=level)
+        coordinator.grid.submit(command)
+        return OverrideAccepted(accepted=True, day=day, hour=hour, level=level)
+
     @app.post(
         "/api/grid/override", tags=["grid"], status_code=status.HTTP_202_ACCEPTED,
-        dependencies=[Depends(admin)],
+        dependencies=[Depends(admin)], responses=_REFUSALS,
     )
-    async def override(body: OverrideIn) -> dict[str, Any]:
+    async def override(body: OverrideIn) -> OverrideAccepted:
         """Override one hour's grid level (``level: null`` clears it), as ``admin/signal/set``.
 
         Checked here (422 for an hour that does not exist, has ended, or is too far
         ahead), then queued to the grid service, which stores and publishes it."""
-        if body.level is not None:
-            problem = override_problem(body.day, body.hour, coordinator.clock.now(), tz)
-            if problem is not None:
-                raise HTTPException(422, problem)
-        command = AdminSignalSet(day=body.day, hour=body.hour, level=body.level)
-        log.info("admin_signal_received", source="web", day=body.day.isoformat(),
-                 hour=body.hour, grid_level=body.level)
-        coordinator.grid.submit(command)
-        return {"accepted": True, "day": body.day.isoformat(), "hour": body.hour,
-                "level": body.level}
+        return submit_override(body.day, body.hour, body.level, "override")
+
+    # The relay prototype's two calls, kept for its scripts ---------------------------
+    @app.post(
+        "/api/update_hvalue", tags=["prototype aliases"],
+        status_code=status.HTTP_202_ACCEPTED, dependencies=[Depends(admin)],
+        responses=_REFUSALS,
+    )
+    async def update_hvalue(body: HvalueIn) -> OverrideAccepted:
+        """Alias of ``POST /api/grid/override`` with the prototype's body: ``{day, hour,
+        hvalue}`` sets that hour's level to ``hvalue`` (1-3). Same token, same checks,
+        same effect."""
+        return submit_override(body.day, body.hour, body.hvalue, "update_hvalue")
+
+    @app.get("/api/get_relays_state", tags=["prototype aliases"], response_model=RelaysState)
+    async def get_relays_state(
+        offset: Annotated[int, Query(ge=0)] = 0,
+        limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+    ) -> Response:
+        """Every site's loads, by site id: relay on/off, power and reason as the gateway
+        last reported them (the retained ``site/{s}/load/{l}/state``)."""
+        return _page(relays_view(coordinator, ctx.live, offset, limit))
+
+    # Shadow mode: what the [cycle] shadow strategies would have given (central/web/shadow.py).
+    add_shadow_routes(app, coordinator, read, time_range)
 
     return app
+
+
+def _page(data: dict[str, Any]) -> Response:
+    """A long answer (thousands of rows), encoded by orjson straight from its view.
+
+    Validating it against its response model would hold the coordinator's loop
+    several times longer than encoding it (bench/web_answers.py); the model still
+    documents it, and tests/browser/test_api_schema.py keeps views and models in step.
+    """
+    return Response(orjson.dumps(data), media_type="application/json")
+
+
+_REFUSALS: dict[int | str, dict[str, Any]] = {
+    401: {"description": "no admin token sent"},
+    403: {"description": "a wrong admin token, or none configured"},
+}
+
+
+def _text(media_type: str, description: str) -> dict[str, Any]:
+    """An OpenAPI 200 response that is text (a stream), not JSON."""
+    return {
+        "description": description,
+        "content": {media_type: {"schema": {"type": "string"}}},
+    }
 
 
 async def _csv_pages(

@@ -97,6 +97,14 @@ class EventHub:
         elif event == "cycle_closed":
             oc, closed = data
             self.publish(event, {"cycle_id": oc.cycle_id, **dump(closed)})
+        elif event == "shadow":
+            # One cycle's shadow rows (central/shadow.py): a few strategies, small.
+            cycle_id, rows = data
+            self.publish(event, {"cycle": cycle_id, "scores": [
+                {"strategy": r.strategy, "status": r.status, "share": r.share,
+                 "usable_share": r.usable_share, "jain": r.jain, "fallback": r.fallback}
+                for r in rows
+            ]})
 
     def grid_listener(self, now: Callable[[], Any]) -> Callable[[], None]:
         """The grid service's listener: tells the pages to re-read ``/api/grid``."""

@@ -3,8 +3,9 @@
 Everything here runs on the coordinator's event loop (a listener, or a request
 handler reading ``coordinator.sites`` between two awaits), so it sees a
 consistent state without a lock. ``LiveState`` keeps what the coordinator
-itself forgets: each site's last decision and its allocated energy since the
-start; its listener is O(decisions) and never blocks.
+itself forgets: each site's last decision, its allocated energy since the
+start (plus the earlier runs', read once from the records, for the long-run
+share) and its loads' last states; its listener is O(decisions) and never blocks.
 """
 
 from __future__ import annotations
@@ -31,17 +32,43 @@ class LastDecision:
     reply_s: float  # the reply's delay after the request (the cycle's clock)
 
 
+@dataclass(slots=True)
+class LoadSeen:
+    """A load's last reported state (``site/{s}/load/{l}/state``, retained)."""
+
+    on: bool
+    power_kw: float
+    reason: str
+    at: datetime  # when the coordinator received it
+
+
 class LiveState:
-    """Each site's last decision and its allocated energy since the coordinator started."""
+    """Each site's last decision, its allocated energy since the start, its loads' states."""
 
     def __init__(self, period_s: float) -> None:
         self.period_h = period_s / 3600.0
         self.last: dict[str, LastDecision] = {}
         self.alloc_kwh: dict[str, float] = {}
         self.total_alloc_kwh = 0.0
+        self.loads: dict[str, dict[str, LoadSeen]] = {}
+        # The long-run share: the earlier runs' allocations, read once from the records
+        # (``seed``); this run's, above, add to them. None until read.
+        self.prior_kwh: dict[str, float] | None = None
+        self.prior_total_kwh = 0.0
+
+    def seed(self, prior_kw: dict[str, float]) -> None:
+        """The earlier runs' summed allocations per site (``Recorder.allocated_kw_by_site``)."""
+        period_h = self.period_h
+        self.prior_kwh = {site: kw * period_h for site, kw in prior_kw.items()}
+        self.prior_total_kwh = sum(self.prior_kwh.values())
 
     def on_event(self, event: str, data: Any) -> None:
-        """The coordinator's listener: keeps ``allocations``, ignores the rest."""
+        """The coordinator's listener: keeps ``allocations`` and ``load_state``."""
+        if event == "load_state":
+            site, load, state, at = data
+            self.loads.setdefault(site, {})[load] = LoadSeen(
+                state.on, state.power_kw, state.reason, at)
+            return
         if event != "allocations":
             return
         oc, decisions = data
@@ -122,11 +149,14 @@ def sites_view(
     max_age_s = coordinator.settings.cycle.netload_age_s
     records = sorted(coordinator.sites.records(), key=lambda r: r.site)
     total_kwh = live.total_alloc_kwh
+    prior = live.prior_kwh
+    long_total_kwh = live.prior_total_kwh + total_kwh
     rows = []
     for rec in records[offset : offset + limit]:
         age = (now - rec.netload_at).total_seconds() if rec.netload_at is not None else None
         last = live.last.get(rec.site)
         kwh = live.alloc_kwh.get(rec.site, 0.0)
+        long_kwh = prior.get(rec.site, 0.0) + kwh if prior is not None else None
         rows.append(
             {
                 "site": rec.site,
@@ -145,8 +175,42 @@ def sites_view(
                 "rank": last.rank if last else None,
                 "alloc_kwh_since_start": round(kwh, 6),
                 "share_since_start": round(kwh / total_kwh, 6) if total_kwh > 0 else None,
+                "alloc_kwh_long_run": round(long_kwh, 6) if long_kwh is not None else None,
+                "share_long_run": (
+                    round(long_kwh / long_total_kwh, 6)
+                    if long_kwh is not None and long_total_kwh > 0 else None
+                ),
+                "quarantined": rec.quarantined(now),
+                "quarantined_until": _utc(rec.quarantined_until) if rec.quarantined(now) else None,
             }
         )
+    return {"total": len(records), "offset": offset, "limit": limit, "sites": rows}
+
+
+def relays_view(
+    coordinator: Coordinator, live: LiveState, offset: int, limit: int
+) -> dict[str, Any]:
+    """Every site's loads with their relay state and power as last reported, by site id.
+
+    The loads are those the site's status announced plus any that reported a
+    state; a load announced but never reported has ``on: null``."""
+    records = sorted(coordinator.sites.records(), key=lambda r: r.site)
+    rows = []
+    for rec in records[offset : offset + limit]:
+        seen = live.loads.get(rec.site, {})
+        loads = []
+        for load in sorted({*rec.loads, *seen}):
+            state = seen.get(load)
+            loads.append(
+                {
+                    "load": load,
+                    "on": state.on if state else None,
+                    "power_kw": state.power_kw if state else None,
+                    "reason": state.reason if state else None,
+                    "reported_at": _utc(state.at) if state else None,
+                }
+            )
+        rows.append({"site": rec.site, "online": rec.online, "loads": loads})
     return {"total": len(records), "offset": offset, "limit": limit, "sites": rows}
 
 

@@ -57,12 +57,12 @@ async function loadSites() {
   const rows = data.sites.map((s) => {
     const tr = el("tr", { class: s.online ? "" : "offline" });
     const cells = [
-      s.site, s.online ? (s.degraded ? "degraded" : "online") : "offline",
+      s.site, s.quarantined ? "quarantined" : s.online ? (s.degraded ? "degraded" : "online") : "offline",
       fmt(s.net_export_kw), fmt(s.netload_age_s, 0), s.last_cycle ?? "–", fmt(s.reply_s, 3),
       fmt(s.flex_kw), fmt(s.alloc_kw), s.rank ?? "–",
-      s.share_since_start === null ? "–" : `${(100 * s.share_since_start).toFixed(1)} %`,
+      s.share_long_run === null ? "–" : `${(100 * s.share_long_run).toFixed(1)} %`,
     ];
-    cells.forEach((v, i) => tr.append(el("td", i === 1 && s.degraded ? { class: "degraded" } : {}, String(v))));
+    cells.forEach((v, i) => tr.append(el("td", i === 1 && (s.degraded || s.quarantined) ? { class: "degraded" } : {}, String(v))));
     return tr;
   });
   $("sites").tBodies[0].replaceChildren(...rows);
@@ -71,6 +71,7 @@ async function loadSites() {
 // Charts -----------------------------------------------------------------------
 const SERIES = [["surplus_kw", "var(--surplus)"], ["allocated_kw", "var(--allocated)"],
                 ["injected_kw", "var(--injected)"]];
+const MAX_DOTS = 800;  // a week of 15-minute cycles is 672
 
 function drawChart(svg, cycles, fromMs, toMs) {
   const W = svg.clientWidth || 400, H = svg.clientHeight || 180, P = 28;
@@ -101,12 +102,25 @@ function drawChart(svg, cycles, fromMs, toMs) {
   for (let i = 0; i <= 4; i++) text(x(fromMs + (i * span) / 4), H - 3, fmtTick(fromMs + (i * span) / 4), "middle");
   if (!pts.length) { text(W / 2, H / 2, "no cycles", "middle"); return; }
   for (const [key, color] of SERIES) {
-    const d = pts.filter((c) => c[key] !== null && c[key] !== undefined)
-      .map((c, i) => `${i ? "L" : "M"}${x(c.t).toFixed(1)},${y(c[key]).toFixed(1)}`).join("");
-    if (!d) continue;
+    const known = pts.filter((c) => c[key] !== null && c[key] !== undefined);
+    if (!known.length) continue;
+    const d = known.map((c, i) => `${i ? "L" : "M"}${x(c.t).toFixed(1)},${y(c[key]).toFixed(1)}`).join("");
     const path = document.createElementNS(SVG, "path");
-    Object.entries({ d, fill: "none", stroke: color, "stroke-width": 1.5 }).forEach(([k, v]) => path.setAttribute(k, v));
+    Object.entries({ d, fill: "none", stroke: color, "stroke-width": 1.5, "data-series": key })
+      .forEach(([k, v]) => path.setAttribute(k, v));
     svg.append(path);
+    // A dot per cycle (a lone cycle draws no line), its values under the pointer.
+    if (known.length > MAX_DOTS) continue;
+    for (const c of known) {
+      const dot = document.createElementNS(SVG, "circle");
+      Object.entries({ cx: x(c.t).toFixed(1), cy: y(c[key]).toFixed(1), r: 2.5, fill: color,
+                       "data-series": key, "data-cycle": c.cycle })
+        .forEach(([k, v]) => dot.setAttribute(k, v));
+      const title = document.createElementNS(SVG, "title");
+      title.textContent = `${c.cycle} ${key.replace(/_kw$/, "")} ${fmt(c[key])} kW`;
+      dot.append(title);
+      svg.append(dot);
+    }
   }
 }
 
@@ -120,6 +134,38 @@ async function loadCycles() {
   for (const table of ["cycles", "decisions", "reports"]) {
     $(`csv-${table}`).href = `/api/export/${table}.csv?since=${encodeURIComponent(since)}`;
   }
+}
+
+// Strategies (shadow) ----------------------------------------------------------
+function pct(value) {
+  return value === null || value === undefined ? "–" : `${(100 * value).toFixed(1)} %`;
+}
+
+async function loadShadow() {
+  const now = Date.now();
+  const midnight = new Date(); midnight.setHours(0, 0, 0, 0);
+  const range = (from) => `since=${encodeURIComponent(new Date(from).toISOString())}` +
+    `&until=${encodeURIComponent(new Date(now + DAY_MS).toISOString())}`;
+  const [today, week] = await Promise.all([
+    getJson(`/api/shadow/summary?${range(midnight.getTime())}`),
+    getJson(`/api/shadow/summary?${range(now - 7 * DAY_MS)}`),
+  ]);
+  $("shadow-off").hidden = week.strategies.length > 0;
+  $("shadow-meta").textContent = `(executed: ${week.executed})`;
+  const byName = new Map(today.strategies.map((t) => [t.strategy, t]));
+  const cells = (t) => t ? [
+    pct(t.share), pct(t.usable_share), fmt(t.jain_mean, 3), t.fallbacks,
+    `${t.cycles}${t.errors ? ` +${t.errors} err` : ""}${t.skipped ? ` +${t.skipped} skip` : ""}`,
+  ] : ["–", "–", "–", "–", "0"];
+  const rows = week.strategies.map((w) => {
+    const tr = el("tr", { "data-strategy": w.strategy });
+    const name = w.executed ? `${w.strategy} (executed)` : w.strategy;
+    for (const v of [name, ...cells(byName.get(w.strategy)), ...cells(w)]) {
+      tr.append(el("td", {}, String(v)));
+    }
+    return tr;
+  });
+  $("shadow-table").tBodies[0].replaceChildren(...rows);
 }
 
 // Grid -------------------------------------------------------------------------
@@ -183,13 +229,14 @@ function listen() {
   const source = new EventSource("/api/events");
   source.onopen = () => { live.textContent = "live"; live.className = "live"; };
   source.onerror = () => { live.textContent = "reconnecting…"; live.className = "live off"; };
-  source.addEventListener("hello", () => refresh(loadCommunity, loadSites, loadCycles, loadGrid));
+  source.addEventListener("hello", () => refresh(loadCommunity, loadSites, loadCycles, loadGrid, loadShadow));
   source.addEventListener("cycle_opened", () => refresh(loadCommunity));
   source.addEventListener("allocations", () => throttled(loadCommunity));
   source.addEventListener("cycle_closed", () => refresh(loadCommunity, loadSites, loadCycles));
+  source.addEventListener("shadow", () => refresh(loadShadow));
   source.addEventListener("grid", () => refresh(loadGrid, loadCommunity));
 }
 
-refresh(loadCommunity, loadSites, loadCycles, loadGrid);
+refresh(loadCommunity, loadSites, loadCycles, loadGrid, loadShadow);
 listen();
 setInterval(() => refresh(loadCommunity), 30000);  // net loads age between cycles
