@@ -85,6 +85,10 @@ class MqttBus:
         self._client.on_disconnect = self._on_disconnect
         self._sink: Sink | None = None
         self._subscriptions: list[str] = []
+        self._connects = 0
+        # Called on the loop after every connection but the first (the service
+        # says again what the broker may have lost, e.g. its retained status).
+        self.on_reconnect: Callable[[], None] | None = None
         self._connected = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -149,8 +153,21 @@ class MqttBus:
     # Callbacks (gmqtt's network loop) -------------------------------------------
     def _on_connect(self, client: Any, flags: Any, rc: Any, properties: Any) -> None:
         self._connected.set()
+        self._connects += 1
         log.info("mqtt_connected", host=self.settings.host, port=self.settings.port,
-                 client_id=self.client_id)
+                 client_id=self.client_id, reconnect=self._connects > 1)
+        if self._connects > 1:
+            # gmqtt does not subscribe again by itself, and with a clean session
+            # (or a broker that restarted without it) the broker forgot ours: the
+            # coordinator would run deaf (tests/faults/test_broker_faults.py).
+            for sub in list(client.subscriptions):
+                client.resubscribe(sub)
+            if self.on_reconnect is not None:
+                try:
+                    self.on_reconnect()
+                except Exception:
+                    self.callback_errors += 1
+                    log.exception("reconnect_handler_failed")
         self._drain_backlog()
 
     def _window_now(self) -> int:

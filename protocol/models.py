@@ -19,7 +19,9 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
+    SerializerFunctionWrapHandler,
     ValidationInfo,
+    model_serializer,
     model_validator,
 )
 
@@ -122,12 +124,27 @@ class Payload(BaseModel):
 # Gateway -> coordinator -----------------------------------------------------
 
 
+def _omit_unset(data: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    """Leave out optional extension fields that are not set: older payloads stay as they were."""
+    for key in keys:
+        if data.get(key) is None:
+            data.pop(key, None)
+    return data
+
+
 class SiteStatus(Payload):
     """``site/{s}/status``, retained, also the will."""
 
     state: OnlineState
     version: Version = "unknown"
     loads: tuple[Id, ...] = Field(default=(), max_length=MAX_LIST)
+    # Extension (docs/reliability.md): the report outbox, shown while online.
+    outbox_pending: Count | None = None
+    reports_dropped: Count | None = None
+
+    @model_serializer(mode="wrap")
+    def _serialize(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return _omit_unset(handler(self), ("outbox_pending", "reports_dropped"))
 
 
 class NetLoad(Payload):
@@ -174,6 +191,13 @@ class Report(Payload):
     export_kwh: EnergyKwh
     allocated_kwh: EnergyKwh
     used_kwh: EnergyKwh
+    # Extension (docs/reliability.md): the highest seq the gateway's full outbox
+    # dropped unsent; the coordinator acknowledges past it instead of waiting.
+    dropped_through: Count | None = None
+
+    @model_serializer(mode="wrap")
+    def _serialize(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return _omit_unset(handler(self), ("dropped_through",))
 
 
 class LoadState(Payload):
