@@ -22,6 +22,11 @@ class SiteRecord:
     status_at: datetime | None = None
     net_export_kw: float | None = None
     netload_at: datetime | None = None
+    # Flood control (central/core/flood.py): every message dropped until then.
+    quarantined_until: datetime | None = None
+
+    def quarantined(self, now: datetime) -> bool:
+        return self.quarantined_until is not None and now < self.quarantined_until
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +76,12 @@ class SiteBook:
         rec = self._record(site)
         rec.net_export_kw = net_export_kw
         rec.netload_at = at
+        return rec
+
+    def set_quarantine(self, site: str, until: datetime | None) -> SiteRecord:
+        """Mark ``site`` quarantined until ``until`` (None: released)."""
+        rec = self._record(site)
+        rec.quarantined_until = until
         return rec
 
     def get(self, site: str) -> SiteRecord | None:
