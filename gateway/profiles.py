@@ -12,7 +12,7 @@ from __future__ import annotations
 import tomllib
 from functools import cache
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
@@ -37,6 +37,8 @@ class SwitchProfile(_Profile):
     max_power_kw: float = Field(gt=0, le=100, description="rating per channel")
     measures_power: bool = False
     measures_energy: bool = False
+    takes_setpoint: ClassVar[bool] = False
+    """Whether its driver can set a channel's power (``gateway.devices.base.SetPoint``)."""
 
 
 class ShellyGen1Switch(SwitchProfile):
@@ -75,6 +77,18 @@ class GenericMqttMeter(_Profile):
     driver: Literal["mqtt_generic_meter"]
 
 
+class GoeChargerV2(SwitchProfile):
+    """A go-eCharger with its API v2 over MQTT: ``frc`` starts and stops, ``amp`` sets the
+    current (github.com/goecharger/go-eCharger-API-v2, mqtt-en.md, apikeys-en.md)."""
+
+    driver: Literal["goe_charger_v2"]
+    takes_setpoint: ClassVar[bool] = True
+    min_current_a: int = Field(ge=1, le=63, description="the least current it charges at")
+    max_current_a: int = Field(ge=1, le=63, description="the unit's largest current")
+    phases: int = Field(default=3, ge=1, le=3, description="phases it charges on")
+    voltage_v: float = Field(default=230.0, gt=0, le=400, description="phase voltage")
+
+
 class PhidgetDigitalOutput(SwitchProfile):
     """A Phidget22 board whose relays are ``DigitalOutput`` channels (Interface Kit 0/0/8)."""
 
@@ -94,6 +108,7 @@ Profile = Annotated[
     | ShellyGen1Meter
     | ShellyGen2Meter
     | GenericMqttMeter
+    | GoeChargerV2
     | PhidgetDigitalOutput,
     Field(discriminator="driver"),
 ]

@@ -3,7 +3,10 @@
 Runs each strategy in ``central.core.STRATEGIES`` through the pure core
 (``Cycle.open`` / ``offer`` / ``tick`` with simulated reply delays) over the
 scenarios of ``ems.simulation.scenarios`` and prints one row per strategy
-with the metrics of ``central.core.metrics``, plus the multi-objective view:
+with the metrics of ``central.core.metrics``; the homes reply and run their
+loads with the gateway's own code (``gateway.ems``: a load's modulation, the
+plan's set points), or, with ``--gateway switching``, as gateways did before
+they modulated (every load switched whole). Then the multi-objective view:
 which strategies are on the Pareto front, their distance to the ideal point
 (normalised by the nadir) and the C-metric against ``fifo`` over the days.
 
@@ -41,6 +44,7 @@ from central.core.metrics import (
 from ems.commands.argtypes import positive_float, positive_int
 from ems.simulation.scenarios import (
     DEFAULT_REPLY_TIMEOUT_S,
+    GATEWAY_MODELS,
     SCENARIOS,
     RunResult,
     cycles_of,
@@ -116,10 +120,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help=f"cycle deadline after the request (default: {DEFAULT_REPLY_TIMEOUT_S:g})",
     )
     cmd.add_argument(
-        "--modulating",
-        action="store_true",
-        help="loads draw anything between min and max (default: whole loads, "
-        "as the gateway runs them)",
+        "--gateway",
+        choices=GATEWAY_MODELS,
+        default="modulating",
+        help="how the homes drive their loads: 'modulating' (default: as the gateway "
+        "does, wallboxes and inverter heat pumps at a set point) or 'switching' (every "
+        "load whole, as before modulation)",
     )
     cmd.add_argument(
         "--scale",
@@ -251,7 +257,7 @@ def run_scenarios(args: argparse.Namespace, show_progress: bool) -> dict[str, An
         for scenario in scenarios:
             results = []
             if scenario == "study":
-                study = draw_study(args.days, args.seed)
+                study = draw_study(args.days, args.seed, gateway=args.gateway)
             else:
                 real = draw_realistic(args.days, args.seed, homes=args.homes)
             for name in args.strategies:
@@ -259,13 +265,14 @@ def run_scenarios(args: argparse.Namespace, show_progress: bool) -> dict[str, An
                 common: dict[str, Any] = {
                     "seed": args.seed,
                     "reply_timeout_s": args.reply_timeout_s,
-                    "modulating": args.modulating,
                     "on_cycle": lambda: advance(1),
                 }
                 if scenario == "study":
                     results.append(run_study(study, name, strategy, **common))
                 else:
-                    results.append(run_realistic(real, name, strategy, **common))
+                    results.append(
+                        run_realistic(real, name, strategy, gateway=args.gateway, **common)
+                    )
             out[scenario] = compare(results)
     return out
 
@@ -393,12 +400,13 @@ def scenario_lines(name: str, data: dict[str, Any], args: argparse.Namespace) ->
     return [
         f"Scenario {name}: {first['days']} day(s), {first['cycles']} cycles "
         f"({first['cycles_with_surplus']} with a surplus), seed {args.seed}, "
-        f"{'modulating' if args.modulating else 'whole'} loads; injection peak without "
+        f"{args.gateway} gateways; injection peak without "
         f"coordination {first['injection_peak_without_kw']:.1f} kW, "
         f"{first['injection_without_kwh']:.1f} kWh",
         *("  " + line for line in _table(headers, rows)),
         "  objectives (minimised): " + "; ".join(OBJECTIVES),
-        "  usable~: if loads could modulate between min and max; front: on the Pareto front "
+        "  usable: what the gateways' plans really run; usable~: if every load could draw "
+        "anything between its min and max (the strategies' model); front: on the Pareto front "
         "(front2: of usable share and daily Jain only); "
         "dist: to the ideal point, normalised by the nadir; C(a,b): share of b's days "
         "weakly dominated by a's",
@@ -542,7 +550,7 @@ def run_strategies_command(args: argparse.Namespace) -> int:
             "homes": args.homes,
             "strategies": args.strategies,
             "reply_timeout_s": args.reply_timeout_s,
-            "modulating": args.modulating,
+            "gateway": args.gateway,
         }
         out = {"params": params, "scenarios": data, "figures": [str(p) for p in figures]}
         sys.stdout.write(json.dumps(out, indent=2) + "\n")

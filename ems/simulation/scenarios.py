@@ -24,10 +24,15 @@ by the run's seed: every strategy sees the same community, weather, loads,
 needs and reply delays. Only what the allocations change (a tank heated, an
 EV charged, a heat pump started) differs from one strategy to the next.
 
-The homes run what they are given by the gateway's whole-load rule
-(``central.core.metrics.usable_loads``): a load draws its ``max_kw`` or
-nothing. ``modulating=True`` lets loads draw anything between their minimum
-and maximum instead.
+The homes answer and run what they are given exactly as a gateway does:
+each load is a ``gateway.ems.LoadSpec`` whose ``modulation`` says how it is
+driven (water heaters switched whole; inverter heat pumps continuous; EVs
+on a 7.4 kW wallbox in 1 A steps, 3.7 kW ones on a portable cable behind a
+relay, whole), its reply gives what it can really run at (``least_kw`` to
+``most_kw``), and an allocation runs the loads and set points of the
+gateway's own plan (``gateway.ems.plan.choose_loads``, the same pure code).
+``gateway="switching"`` is the gateway before modulating loads: every load
+switched whole at its maximum while its reply still gave its ``min_kw``.
 """
 
 from __future__ import annotations
@@ -35,13 +40,15 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable, Hashable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import NamedTuple
+from dataclasses import dataclass, field, replace
+from typing import Literal, NamedTuple
 
 from central.core import Cycle, Offer, Strategy, StrategyState
 from central.core.cycle import LoadOffer
 from central.core.metrics import PERIOD_H, CycleRecord, relay_starts, usable_loads
 from ems.simulation.summer_day import SummerDayModel, draw_cycle
+from gateway.ems.loads import LoadSpec, Modulation
+from gateway.ems.plan import Candidate, candidate_of, choose_loads
 
 DEFAULT_REPLY_TIMEOUT_S = 15.0
 STUDY_CYCLES_PER_DAY = 40
@@ -50,6 +57,11 @@ QUARTER_S = 900.0
 HP_STARTS_PER_HOUR = 2
 """A heat pump's compressor must not cycle often (DOMAIN.md): at most this many starts an hour."""
 SCENARIOS = ("study", "realistic")
+GatewayModel = Literal["modulating", "switching"]
+GATEWAY_MODELS: tuple[GatewayModel, ...] = ("modulating", "switching")
+"""How the homes' gateways drive their loads: as now, or whole (before modulation)."""
+WALLBOX_STEP_KW = 0.23
+"""One ampere on one phase at 230 V: a wallbox's step."""
 
 
 class Reply(NamedTuple):
@@ -60,11 +72,75 @@ class Reply(NamedTuple):
     """Positive = the home exports (the study's sign)."""
     delay_s: float
     loads: tuple[LoadOffer, ...]
+    plans: tuple[Candidate, ...] = ()
+    """The gateway's planning view of the same loads (what it can really run)."""
 
     @property
     def flex_kw(self) -> float:
-        """What the gateway offers: the sum of its offerable loads' running power."""
+        """What the gateway offers: the sum of its offerable loads' largest power."""
         return round(math.fsum(load.max_kw for load in self.loads), 6)
+
+    def run(self, alloc_kw: float) -> dict[str, float]:
+        """The loads the gateway runs on ``alloc_kw`` and their power (its own plan)."""
+        if not alloc_kw > 0.0:
+            return {}
+        return {r.id: r.kw for r in choose_loads(self.plans, alloc_kw)}
+
+
+def gateway_view(
+    spec: LoadSpec,
+    gateway: GatewayModel,
+    *,
+    until_s: float | None = None,
+    energy_kwh: float | None = None,
+) -> tuple[LoadOffer, Candidate]:
+    """What a gateway replies for one load and how it plans it.
+
+    ``modulating``: the reply's min/max are the powers the load can really run
+    at (``LoadSpec.least_kw``/``most_kw``, as ``LocalEms.flex``), and the plan
+    honours its modulation. ``switching``: the gateway before modulation, which
+    replied with the configured ``min_kw``/``max_kw`` but switched the load whole.
+    """
+    priority = spec.priority or None
+    if gateway == "switching":
+        whole = replace(spec, modulation="none", steps_kw=())
+        offer = LoadOffer(spec.id, spec.min_kw, spec.max_kw, spec.kind, priority, until_s,
+                          energy_kwh)
+        return offer, candidate_of(whole, until_s)
+    offer = LoadOffer(spec.id, spec.least_kw, spec.most_kw, spec.kind, priority, until_s,
+                      energy_kwh)
+    return offer, candidate_of(spec, until_s)
+
+
+def make_reply(
+    site: str,
+    net_load_kw: float,
+    delay_s: float,
+    views: Sequence[tuple[LoadOffer, Candidate]],
+) -> Reply:
+    return Reply(site, net_load_kw, delay_s, tuple(o for o, _ in views),
+                 tuple(c for _, c in views))
+
+
+def load_spec(
+    load_id: str,
+    kind: str,
+    min_kw: float,
+    max_kw: float,
+    modulation: Modulation = "none",
+    *,
+    priority: int = 0,
+) -> LoadSpec:
+    """A simulated home's load as its gateway configures it (nominal = its maximum).
+
+    ``steps`` is a wallbox: from ``min_kw`` in 1 A steps (0.23 kW) up to ``max_kw``.
+    """
+    steps: tuple[float, ...] = ()
+    if modulation == "steps":
+        count = math.floor((max_kw - min_kw) / WALLBOX_STEP_KW + 1e-9) + 1
+        steps = tuple(round(min_kw + k * WALLBOX_STEP_KW, 6) for k in range(count))
+    return LoadSpec(load_id, kind=kind, nominal_kw=max_kw, min_kw=min_kw, max_kw=max_kw,
+                    priority=priority, modulation=modulation, steps_kw=steps)
 
 
 @dataclass(slots=True)
@@ -176,15 +252,15 @@ def _record(
     on_now: set[str],
     sites_before: set[str],
     sites_now: set[str],
-    modulating: bool,
+    ran: Mapping[str, Mapping[str, float]],
 ) -> CycleRecord:
     surplus_kw = math.fsum(r.net_load_kw for r in replies)
-    usable = 0.0
+    usable = math.fsum(kw for loads in ran.values() for kw in loads.values())
     usable_mod = 0.0
     for r in replies:
         kw = got.alloc_kw.get(r.site, 0.0)
         if kw > 0.0:
-            usable += math.fsum(p for _, p in usable_loads(kw, r.loads, modulating=modulating))
+            # The strategies' model: any power between a load's min and max.
             usable_mod += math.fsum(p for _, p in usable_loads(kw, r.loads, modulating=True))
     delays = tuple(t for site, t in got.decided_at_s.items() if got.alloc_kw.get(site, 0.0) > 0.0)
     return CycleRecord(
@@ -210,8 +286,18 @@ class StudyInputs(NamedTuple):
     cycles: list[tuple[int, tuple[Reply, ...]]]
 
 
-def draw_study(days: int, seed: int, model: SummerDayModel | None = None) -> StudyInputs:
-    """The study's summer days (40 cycles each) with one load behind each positive offer."""
+def draw_study(
+    days: int,
+    seed: int,
+    model: SummerDayModel | None = None,
+    gateway: GatewayModel = "modulating",
+) -> StudyInputs:
+    """The study's summer days (40 cycles each) with one load behind each positive offer.
+
+    The water heater is switched whole; the heat pump and the EV charger modulate
+    (continuous) between their minimum and the offer, so the offers are the
+    simulator's whatever ``gateway`` says.
+    """
     model = model or SummerDayModel()
     members = model.member_ids()
     rng = random.Random(seed)  # the same draws as ``ems simulate summer-day --seed``
@@ -226,7 +312,7 @@ def draw_study(days: int, seed: int, model: SummerDayModel | None = None) -> Stu
             for site, net_kw, flex_kw, delay_s in zip(
                 draw.sites, draw.net_loads_kw, draw.flex_kw, draw.delays_s, strict=True
             ):
-                loads: tuple[LoadOffer, ...] = ()
+                views: list[tuple[LoadOffer, Candidate]] = []
                 if flex_kw > 0.0:
                     kind = kinds[site]
                     low = {
@@ -234,8 +320,10 @@ def draw_study(days: int, seed: int, model: SummerDayModel | None = None) -> Stu
                         "heat_pump": min(hp_min_kw[site], flex_kw),
                         "ev_charger": min(1.4, flex_kw),
                     }[kind]
-                    loads = (LoadOffer(f"{site}/{kind}", low, flex_kw, kind),)
-                replies.append(Reply(site, float(net_kw), delay_s, loads))
+                    how: Modulation = "none" if kind == "water_heater" else "continuous"
+                    spec = load_spec(f"{site}/{kind}", kind, low, flex_kw, how)
+                    views.append(gateway_view(spec, gateway))
+                replies.append(make_reply(site, float(net_kw), delay_s, views))
             cycles.append((day, tuple(replies)))
     return StudyInputs(cycles)
 
@@ -247,7 +335,6 @@ def run_study(
     *,
     seed: int,
     reply_timeout_s: float = DEFAULT_REPLY_TIMEOUT_S,
-    modulating: bool = False,
     on_cycle: OnCycle | None = None,
 ) -> RunResult:
     """Every cycle of ``inputs`` through ``strategy`` (state carried from cycle to cycle)."""
@@ -269,11 +356,13 @@ def run_study(
         _note_method(result, state)
         on_now: set[str] = set()
         sites_now: set[str] = set()
+        ran: dict[str, dict[str, float]] = {}
         for r in replies:
-            chosen = usable_loads(got.alloc_kw.get(r.site, 0.0), r.loads, modulating=modulating)
+            chosen = r.run(got.alloc_kw.get(r.site, 0.0))
             if chosen:
+                ran[r.site] = chosen
                 sites_now.add(r.site)
-                on_now.update(load_id for load_id, _ in chosen)
+                on_now.update(chosen)
         result.records.append(
             _record(
                 day,
@@ -283,7 +372,7 @@ def run_study(
                 on_now=on_now,
                 sites_before=sites_before,
                 sites_now=sites_now,
-                modulating=modulating,
+                ran=ran,
             )
         )
         on_before, sites_before = on_now, sites_now
@@ -325,6 +414,31 @@ class HomeDay(NamedTuple):
 class RealisticInputs(NamedTuple):
     homes: tuple[Home, ...]
     days: tuple[tuple[HomeDay, ...], ...]
+
+
+class HomeLoads(NamedTuple):
+    """A home's loads as its gateway configures them (None: it has none of that kind)."""
+
+    water_heater: LoadSpec | None
+    heat_pump: LoadSpec | None
+    ev_charger: LoadSpec | None
+
+
+def home_loads(home: Home) -> HomeLoads:
+    """Water heaters switched whole, inverter heat pumps continuous, a 7.4 kW EV on a
+    wallbox in 1 A steps, a 3.7 kW one on a portable cable behind a relay (whole)."""
+    s = home.site
+    wh = hp = ev = None
+    if home.water_heater_kw is not None:
+        kw = home.water_heater_kw
+        wh = load_spec(f"{s}/water_heater", "water_heater", kw, kw)
+    if home.heat_pump_kw is not None:
+        hp = load_spec(f"{s}/heat_pump", "heat_pump", *home.heat_pump_kw, "continuous")
+    if home.ev_kw is not None:
+        lo, hi = home.ev_kw
+        ev = load_spec(f"{s}/ev_charger", "ev_charger", lo, hi,
+                       "steps" if hi > 4.0 else "none", priority=1)
+    return HomeLoads(wh, hp, ev)
 
 
 def pv_shape(quarter: int) -> float:
@@ -415,24 +529,22 @@ class _HomeState:
     on: set[str] = field(default_factory=set)
 
 
-def _offerable(home: Home, day: HomeDay, st: _HomeState, q: int) -> tuple[LoadOffer, ...]:
-    loads: list[LoadOffer] = []
-    s = home.site
-    if home.water_heater_kw is not None and st.water_kwh > 0.0:
-        kw = home.water_heater_kw
-        loads.append(
-            LoadOffer(f"{s}/water_heater", kw, kw, "water_heater", None, None, st.water_kwh)
-        )
-    if home.heat_pump_kw is not None and st.heat_kwh > 0.0:
+def _offerable(
+    loads: HomeLoads, day: HomeDay, st: _HomeState, q: int, gateway: GatewayModel
+) -> list[tuple[LoadOffer, Candidate]]:
+    views: list[tuple[LoadOffer, Candidate]] = []
+    if loads.water_heater is not None and st.water_kwh > 0.0:
+        views.append(gateway_view(loads.water_heater, gateway, energy_kwh=st.water_kwh))
+    if loads.heat_pump is not None and st.heat_kwh > 0.0:
         recent = [t for t in st.hp_starts_q if q - t < 4]
-        if f"{s}/heat_pump" in st.on or len(recent) < HP_STARTS_PER_HOUR:
-            lo, hi = home.heat_pump_kw
-            loads.append(LoadOffer(f"{s}/heat_pump", lo, hi, "heat_pump", None, None, st.heat_kwh))
-    if home.ev_kw is not None and day.ev_arrive_q <= q < day.ev_leave_q and st.ev_kwh > 0.0:
-        lo, hi = home.ev_kw
+        if loads.heat_pump.id in st.on or len(recent) < HP_STARTS_PER_HOUR:
+            views.append(gateway_view(loads.heat_pump, gateway, energy_kwh=st.heat_kwh))
+    if loads.ev_charger is not None and day.ev_arrive_q <= q < day.ev_leave_q and st.ev_kwh > 0.0:
         until_s = (day.ev_leave_q - q) * QUARTER_S
-        loads.append(LoadOffer(f"{s}/ev_charger", lo, hi, "ev_charger", 1, until_s, st.ev_kwh))
-    return tuple(loads)
+        views.append(
+            gateway_view(loads.ev_charger, gateway, until_s=until_s, energy_kwh=st.ev_kwh)
+        )
+    return views
 
 
 def run_realistic(
@@ -442,7 +554,7 @@ def run_realistic(
     *,
     seed: int,
     reply_timeout_s: float = DEFAULT_REPLY_TIMEOUT_S,
-    modulating: bool = False,
+    gateway: GatewayModel = "modulating",
     on_cycle: OnCycle | None = None,
 ) -> RunResult:
     """Every quarter hour of every day through ``strategy``; loads change with what they got.
@@ -455,12 +567,14 @@ def run_realistic(
     state: StrategyState = {}
     sites_before: set[str] = set()
     on_before: set[str] = set()
+    equipment = [home_loads(h) for h in inputs.homes]
     for day, home_days in enumerate(inputs.days):
         states = [_HomeState(d.water_need_kwh, d.heat_need_kwh, d.ev_need_kwh) for d in home_days]
         for q in range(QUARTERS_PER_DAY):
             replies = tuple(
-                Reply(h.site, d.net_load_kw[q], d.delay_s[q], _offerable(h, d, st, q))
-                for h, d, st in zip(inputs.homes, home_days, states, strict=True)
+                make_reply(h.site, d.net_load_kw[q], d.delay_s[q],
+                           _offerable(loads, d, st, q, gateway))
+                for h, loads, d, st in zip(inputs.homes, equipment, home_days, states, strict=True)
             )
             got = allocate(
                 day * 1000 + q,
@@ -474,12 +588,12 @@ def run_realistic(
             _note_method(result, state)
             on_now: set[str] = set()
             sites_now: set[str] = set()
+            ran: dict[str, dict[str, float]] = {}
             for r, st, d in zip(replies, states, home_days, strict=True):
-                chosen = dict(
-                    usable_loads(got.alloc_kw.get(r.site, 0.0), r.loads, modulating=modulating)
-                )
+                chosen = r.run(got.alloc_kw.get(r.site, 0.0))
                 _apply(r.site, chosen, st, q)
                 if chosen:
+                    ran[r.site] = chosen
                     sites_now.add(r.site)
                     on_now.update(chosen)
                 if q + 1 == d.ev_leave_q and st.ev_kwh > 0.0:
@@ -494,7 +608,7 @@ def run_realistic(
                     on_now=on_now,
                     sites_before=sites_before,
                     sites_now=sites_now,
-                    modulating=modulating,
+                    ran=ran,
                 )
             )
             on_before, sites_before = on_now, sites_now

@@ -62,6 +62,18 @@ class Relay(Protocol):
         ...
 
 
+class SetPoint(Protocol):
+    """A channel whose power can be set, not only switched: a wallbox's charging current.
+
+    A modulating load (``modulation`` other than ``"none"``) must sit on such a
+    channel; the gateway sets the power before it switches the channel on.
+    """
+
+    async def set_power(self, power_kw: float) -> None:
+        """Run at (at most) ``power_kw``; raises ``DeviceError`` on failure or timeout."""
+        ...
+
+
 class PowerMeter(Protocol):
     """A measured power (and energy) for one appliance channel."""
 

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
-
 from gateway.config import DeviceSettings
 from gateway.devices.base import ChangeListener, Clock, MqttPort, NetMeter, Relay
 from gateway.devices.mqtt_device import (
@@ -29,7 +27,8 @@ from gateway.devices.mqtt_device import (
     GridReading,
     MqttDevice,
     PayloadError,
-    parse_number,
+    load_json,
+    parse_power_w,
 )
 from gateway.profiles import GenericMqttMeter as GenericMqttMeterProfile
 
@@ -85,13 +84,10 @@ class GenericMqttMeter(MqttDevice):
 
     def _on_message(self, _topic: str, payload: bytes) -> None:
         if self._field:
-            try:
-                data = orjson.loads(payload)
-            except orjson.JSONDecodeError as exc:
-                raise PayloadError(f"not JSON ({exc})") from None
+            data = load_json(payload, "payload")
             raw = field_value(data, self._field)
         else:
             raw = payload
-        power_w = parse_number(raw, self._field or "payload") * self._scale_w
+        power_w = parse_power_w(raw, self._field or "payload", self._scale_w)
         if self._meter.record_w(power_w):
             self._notify(self._meter.meter_id)

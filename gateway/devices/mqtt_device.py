@@ -24,11 +24,13 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Awaitable, Callable
-from typing import Literal
+from typing import Any, Literal
 
+import orjson
 import structlog
 
 from gateway.devices.base import ChangeListener, Clock, MqttPort, RelayState
+from protocol.rejections import RejectionLog
 
 log = structlog.get_logger("gateway.devices")
 
@@ -39,8 +41,26 @@ Sign = Literal["export_positive", "import_positive"]
 Handler = Callable[[str, bytes], None]
 
 
+MAX_DEVICE_PAYLOAD_BYTES = 64 * 1024
+"""A device payload past this is refused unread (a Pro 4PM's full status is ~10 KiB)."""
+LOG_INTERVAL_S = 60.0
+"""At most one ``bad_payload`` line per device and reason in this long."""
+
+
 class PayloadError(ValueError):
-    """A payload that does not parse: counted, logged and dropped by the guard."""
+    """A payload that does not parse: counted under ``reason``, logged and dropped by the guard."""
+
+    def __init__(self, message: str, reason: str = "invalid") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def load_json(payload: bytes, what: str) -> Any:
+    """Decoded JSON; ``PayloadError`` (reason ``malformed_json``) when it is not JSON."""
+    try:
+        return orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        raise PayloadError(f"{what}: not JSON ({exc})", "malformed_json") from None
 
 
 def excerpt(payload: bytes, limit: int = 120) -> str:
@@ -54,14 +74,27 @@ def parse_number(value: object, what: str = "number") -> float:
     if isinstance(value, bytes):
         value = value.decode("utf-8", errors="replace")
     if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise PayloadError(f"{what}: not a number: {value!r}")
+        raise PayloadError(f"{what}: not a number: {str(value)[:40]!r}", "not_a_number")
     try:
         number = float(value)
-    except ValueError:
-        raise PayloadError(f"{what}: not a number: {str(value)[:40]!r}") from None
+    except (ValueError, OverflowError):  # OverflowError: an int past float's range
+        raise PayloadError(f"{what}: not a number: {str(value)[:40]!r}", "not_a_number") from None
     if not math.isfinite(number):
-        raise PayloadError(f"{what}: not finite: {number}")
+        raise PayloadError(f"{what}: not finite: {number}", "not_finite")
     return number
+
+
+MAX_POWER_W = 1_000_000.0
+"""A power reading beyond 1 MW is no home's: refused as ``out_of_range`` (a 1e308 W
+reading is finite, and integrated over a period it made the report unbuildable)."""
+
+
+def parse_power_w(value: object, what: str = "power", scale: float = 1.0) -> float:
+    """A power in W (``scale`` = 1000 for a kW reading) within ``MAX_POWER_W``."""
+    watts = parse_number(value, what) * scale
+    if not abs(watts) <= MAX_POWER_W:
+        raise PayloadError(f"{what}: {watts:g} W is beyond any home's", "out_of_range")
+    return watts
 
 
 def parse_bool_word(payload: bytes, what: str = "flag") -> bool:
@@ -71,7 +104,8 @@ def parse_bool_word(payload: bytes, what: str = "flag") -> bool:
         return True
     if word == b"false":
         return False
-    raise PayloadError(f"{what}: expected true/false, got {excerpt(payload, 20)!r}")
+    raise PayloadError(f"{what}: expected true/false, got {excerpt(payload, 20)!r}",
+                       "not_a_flag")
 
 
 class ChannelRelay:
@@ -112,6 +146,23 @@ class ChannelRelay:
             return False
         self._state.available = available
         return True
+
+
+class SetPointChannel(ChannelRelay):
+    """A switched channel whose power can also be set (``base.SetPoint``): a wallbox."""
+
+    def __init__(
+        self,
+        relay_id: str,
+        setter: Callable[[bool], Awaitable[None]],
+        power_setter: Callable[[float], Awaitable[None]],
+    ) -> None:
+        super().__init__(relay_id, setter)
+        self._power_setter = power_setter
+
+    async def set_power(self, power_kw: float) -> None:
+        """Run at (at most) ``power_kw``; raises ``DeviceError`` / ``DeviceUnavailable``."""
+        await self._power_setter(power_kw)
 
 
 class GridReading:
@@ -168,8 +219,10 @@ class MqttDevice:
         self._on_change = on_change
         self._running = False
         self._online: bool | None = None
-        self.bad_payloads = 0
-        """Payloads that did not parse or whose handler failed (each one logged)."""
+        self.rejections = RejectionLog(LOG_INTERVAL_S)
+        """Payloads refused, by reason (logged: one line per reason an interval)."""
+        self.handler_failures = 0
+        """Handlers that raised something else than ``PayloadError``: a bug, logged in full."""
         self._log = log.bind(device=device_id)
 
     @property
@@ -180,19 +233,31 @@ class MqttDevice:
     def _subscribe(self, topic: str, handler: Handler) -> None:
         self._port.subscribe(topic, self._guard(handler))
 
+    @property
+    def bad_payloads(self) -> int:
+        """Payloads that did not parse or whose handler failed (each one counted)."""
+        return self.rejections.total + self.handler_failures
+
+    def _refuse(self, topic: str, payload: bytes, reason: str, detail: str) -> None:
+        """Count a refused payload; log it unless its reason was logged within the interval."""
+        line = self.rejections.note(reason, self.device_id, self._clock.monotonic())
+        if line is not None:
+            self._log.warning("bad_payload", topic=topic[:200], payload=excerpt(payload),
+                              reason=reason, detail=detail[:200], suppressed=line.suppressed)
+
     def _guard(self, handler: Handler) -> Handler:
         def guarded(topic: str, payload: bytes) -> None:
             if not self._running:
                 return  # stopped: the port has no unsubscribe
+            if len(payload) > MAX_DEVICE_PAYLOAD_BYTES:
+                self._refuse(topic, payload, "oversized", f"{len(payload)} bytes")
+                return
             try:
                 handler(topic, payload)
             except PayloadError as exc:
-                self.bad_payloads += 1
-                self._log.warning(
-                    "bad_payload", topic=topic, payload=excerpt(payload), reason=str(exc)
-                )
+                self._refuse(topic, payload, exc.reason, str(exc))
             except Exception:
-                self.bad_payloads += 1
+                self.handler_failures += 1
                 self._log.exception("handler_failed", topic=topic, payload=excerpt(payload))
 
         return guarded

@@ -21,6 +21,7 @@ DRIVERS: dict[str, str] = {
     "shelly_gen1_em": "gateway.devices.shelly_em:ShellyEm",
     "shelly_gen2_em": "gateway.devices.shelly_pro3em:ShellyPro3Em",
     "mqtt_generic_meter": "gateway.devices.generic_meter:GenericMqttMeter",
+    "goe_charger_v2": "gateway.devices.goe_charger:GoeCharger",
     "phidget_digital_output": "gateway.devices.phidget:PhidgetRelayBoard",
 }
 

@@ -18,8 +18,6 @@ the device is offline.
 
 from __future__ import annotations
 
-import orjson
-
 from gateway.config import DeviceSettings
 from gateway.devices.base import ChangeListener, Clock, MqttPort, NetMeter, Relay
 from gateway.devices.mqtt_device import (
@@ -27,8 +25,9 @@ from gateway.devices.mqtt_device import (
     GridReading,
     MqttDevice,
     PayloadError,
+    load_json,
     parse_bool_word,
-    parse_number,
+    parse_power_w,
 )
 from gateway.devices.shelly_gen1 import gen1_base, parse_announce
 from gateway.profiles import ShellyGen1Meter
@@ -101,18 +100,15 @@ class ShellyEm(MqttDevice):
             self._set_online(True)
 
     def _on_power(self, _topic: str, payload: bytes) -> None:
-        self._record(parse_number(payload, "power"))
+        self._record(parse_power_w(payload, "power"))
 
     def _on_info(self, _topic: str, payload: bytes) -> None:
-        try:
-            data = orjson.loads(payload)
-        except orjson.JSONDecodeError as exc:
-            raise PayloadError(f"info: not JSON ({exc})") from None
+        data = load_json(payload, "info")
         emeters = data.get("emeters") if isinstance(data, dict) else None
         if not isinstance(emeters, list):
             raise PayloadError("info: no 'emeters' list")
         if self._channel < len(emeters) and isinstance(emeters[self._channel], dict):
-            self._record(parse_number(emeters[self._channel].get("power"), "emeters.power"))
+            self._record(parse_power_w(emeters[self._channel].get("power"), "emeters.power"))
 
     def _record(self, power_w: float) -> None:
         self._seen()

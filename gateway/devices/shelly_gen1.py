@@ -25,16 +25,16 @@ import asyncio
 import functools
 from typing import Any
 
-import orjson
-
 from gateway.config import DeviceSettings
 from gateway.devices.base import ChangeListener, Clock, MqttPort, NetMeter, Relay
 from gateway.devices.mqtt_device import (
     ChannelRelay,
     MqttDevice,
     PayloadError,
+    load_json,
     parse_bool_word,
     parse_number,
+    parse_power_w,
 )
 from gateway.errors import DeviceError, DeviceUnavailable
 from gateway.profiles import ShellyGen1Switch as ShellyGen1SwitchProfile
@@ -52,10 +52,7 @@ def gen1_base(settings: DeviceSettings, topic_prefix: str) -> str:
 
 def parse_announce(payload: bytes) -> dict[str, Any]:
     """The announce JSON (compare fields, never bytes: real payloads have odd spacing)."""
-    try:
-        data = orjson.loads(payload)
-    except orjson.JSONDecodeError as exc:
-        raise PayloadError(f"announce: not JSON ({exc})") from None
+    data = load_json(payload, "announce")
     if not isinstance(data, dict) or not isinstance(data.get("id"), str):
         raise PayloadError("announce: not an object with a string 'id'")
     return data
@@ -197,7 +194,7 @@ class ShellyGen1Switch(MqttDevice):
                 fut.set_result(None)
 
     def _on_power(self, channel: int, _topic: str, payload: bytes) -> None:
-        self._apply(channel, power_kw=parse_number(payload, "power") / 1000.0)
+        self._apply(channel, power_kw=parse_power_w(payload, "power") / 1000.0)
 
     def _on_energy(self, channel: int, _topic: str, payload: bytes) -> None:
         wmin = parse_number(payload, "energy")
@@ -207,10 +204,7 @@ class ShellyGen1Switch(MqttDevice):
 
     def _on_info(self, _topic: str, payload: bytes) -> None:
         """``info``: the ``/status`` JSON: ``relays[n].ison``, ``meters[n].power``/``total``."""
-        try:
-            data = orjson.loads(payload)
-        except orjson.JSONDecodeError as exc:
-            raise PayloadError(f"info: not JSON ({exc})") from None
+        data = load_json(payload, "info")
         if not isinstance(data, dict):
             raise PayloadError("info: not an object")
         relays = data.get("relays") or []
@@ -225,7 +219,7 @@ class ShellyGen1Switch(MqttDevice):
                     values["on"] = ison and not relays[n].get("overpower", False)
             if n < len(meters) and isinstance(meters[n], dict):
                 if self._profile.measures_power and "power" in meters[n]:
-                    values["power_kw"] = parse_number(meters[n]["power"], "power") / 1000.0
+                    values["power_kw"] = parse_power_w(meters[n]["power"], "power") / 1000.0
                 if self._profile.measures_energy and "total" in meters[n]:
                     values["energy_kwh"] = parse_number(meters[n]["total"], "total") / WMIN_PER_KWH
             if values:

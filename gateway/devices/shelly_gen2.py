@@ -29,7 +29,7 @@ from typing import Any
 
 from gateway.config import DeviceSettings
 from gateway.devices.base import ChangeListener, Clock, MqttPort, NetMeter, Relay
-from gateway.devices.mqtt_device import ChannelRelay, PayloadError, parse_number
+from gateway.devices.mqtt_device import ChannelRelay, PayloadError, parse_number, parse_power_w
 from gateway.devices.shelly_rpc import ShellyGen2Device
 from gateway.errors import DeviceError, DeviceUnavailable
 from gateway.profiles import ShellyGen2Switch as ShellyGen2SwitchProfile
@@ -57,6 +57,7 @@ class ShellyGen2Switch(ShellyGen2Device):
             n: ChannelRelay(f"{settings.id}/{n}", functools.partial(self._set, n))
             for n in range(profile.channels)
         }
+        self._errors: dict[int, object] = {}
 
     def relays(self) -> dict[int, Relay]:
         return dict(self._relays)
@@ -85,33 +86,48 @@ class ShellyGen2Switch(ShellyGen2Device):
                 self._notify(relay.relay_id)
         super()._availability_changed(online)
 
-    def _apply_components(self, components: dict[str, Any]) -> None:
+    def _parse_components(self, components: dict[str, Any]) -> list[Any]:
         """Status keys ``switch:<n>`` (other components and ``ts`` are ignored)."""
+        updates = []
         for key, status in components.items():
             kind, _, index = key.partition(":")
-            if kind != self._component or not index.isdigit():
+            # isdecimal, not isdigit: "²" is a digit that int() refuses.
+            if kind != self._component or not index.isdecimal() or len(index) > 3:
                 continue
             channel = int(index)
             if channel not in self._relays or status is None:
                 continue  # a channel we do not drive, or a removed key
             if not isinstance(status, dict):
                 raise PayloadError(f"{key}: status is not an object")
-            self._apply(channel, status)
+            updates.append((channel, self._values(channel, status), status.get("errors")))
+        return updates
+
+    def _apply_parsed(self, updates: list[Any]) -> None:
+        for channel, values, errors in updates:
+            self._apply_values(channel, values, errors)
 
     def _apply(self, channel: int, status: dict[str, Any]) -> None:
         """Apply a (partial) switch status: ``output``, ``apower`` W, ``aenergy.total`` Wh."""
+        self._apply_values(channel, self._values(channel, status), status.get("errors"))
+
+    def _values(self, channel: int, status: dict[str, Any]) -> dict[str, object]:
         values: dict[str, object] = {}
         if "output" in status:
             if not isinstance(status["output"], bool):
                 raise PayloadError(f"switch:{channel}.output is not a boolean")
             values["on"] = status["output"]
         if self._profile.measures_power and status.get("apower") is not None:
-            values["power_kw"] = parse_number(status["apower"], "apower") / 1000.0
+            values["power_kw"] = parse_power_w(status["apower"], "apower") / 1000.0
         aenergy = status.get("aenergy")
         if self._profile.measures_energy and isinstance(aenergy, dict) and "total" in aenergy:
             values["energy_kwh"] = parse_number(aenergy["total"], "aenergy.total") / WH_PER_KWH
-        if status.get("errors"):
-            self._log.warning("switch_errors", channel=channel, errors=status["errors"])
+        return values
+
+    def _apply_values(self, channel: int, values: dict[str, object], errors: object) -> None:
+        if errors and errors != self._errors.get(channel):
+            # Logged when they change, not with every notification; an excerpt.
+            self._log.warning("switch_errors", channel=channel, errors=str(errors)[:200])
+        self._errors[channel] = errors or None
         relay = self._relays[channel]
         if relay.update(self._clock.monotonic(), **values):
             self._notify(relay.relay_id)

@@ -22,7 +22,7 @@ from typing import Any
 
 from gateway.config import DeviceSettings
 from gateway.devices.base import ChangeListener, Clock, MqttPort, NetMeter, Relay
-from gateway.devices.mqtt_device import FRESH_FOR_S, GridReading, PayloadError, parse_number
+from gateway.devices.mqtt_device import FRESH_FOR_S, GridReading, PayloadError, parse_power_w
 from gateway.devices.shelly_rpc import ShellyGen2Device
 from gateway.profiles import ShellyGen2Meter
 
@@ -60,14 +60,17 @@ class ShellyPro3Em(ShellyGen2Device):
         self._notify(self._meter.meter_id)
         super()._availability_changed(online)
 
-    def _apply_components(self, components: dict[str, Any]) -> None:
+    def _parse_components(self, components: dict[str, Any]) -> list[Any]:
         status = components.get(self._key)
         if status is None:
-            return
+            return []
         if not isinstance(status, dict):
             raise PayloadError(f"{self._key}: status is not an object")
         if status.get("total_act_power") is None:
-            return  # a partial NotifyStatus without the total (e.g. only a voltage)
-        power_w = parse_number(status["total_act_power"], "total_act_power")
-        if self._meter.record_w(power_w):
-            self._notify(self._meter.meter_id)
+            return []  # a partial NotifyStatus without the total (e.g. only a voltage)
+        return [parse_power_w(status["total_act_power"], "total_act_power")]
+
+    def _apply_parsed(self, updates: list[Any]) -> None:
+        for power_w in updates:
+            if self._meter.record_w(power_w):
+                self._notify(self._meter.meter_id)

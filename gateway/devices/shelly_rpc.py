@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -20,8 +21,9 @@ import structlog
 
 from gateway.config import DeviceSettings
 from gateway.devices.base import ChangeListener, Clock, MqttPort
-from gateway.devices.mqtt_device import MqttDevice, PayloadError, parse_bool_word
+from gateway.devices.mqtt_device import MqttDevice, PayloadError, load_json, parse_bool_word
 from gateway.errors import DeviceError, DeviceUnavailable
+from protocol.rejections import RejectionLog
 
 # Shelly Gen2 error codes (reference §2 "Errors"; aioshelly defines -114, -105 and 404).
 INVALID_ARGUMENT = -103
@@ -70,6 +72,7 @@ class RpcChannel:
         self._next_id = random.randrange(1, 1 << 24)
         self._pending: dict[int, tuple[str, asyncio.Future[Any], asyncio.TimerHandle]] = {}
         self._log = structlog.get_logger("gateway.devices").bind(device=device_id, src=src)
+        self._unmatched = RejectionLog(60.0)
 
     @property
     def reply_topic(self) -> str:
@@ -105,16 +108,17 @@ class RpcChannel:
 
     def on_reply(self, _topic: str, payload: bytes) -> None:
         """Handle a frame on ``<src>/rpc``; ``PayloadError`` when it is not a reply."""
-        try:
-            frame = orjson.loads(payload)
-        except orjson.JSONDecodeError as exc:
-            raise PayloadError(f"rpc reply: not JSON ({exc})") from None
+        frame = load_json(payload, "rpc reply")
         if not isinstance(frame, dict) or "id" not in frame:
             raise PayloadError("rpc reply: not an object with an 'id'")
         rpc_id = frame["id"]
         entry = self._pending.pop(rpc_id, None) if isinstance(rpc_id, int) else None
         if entry is None:
-            self._log.info("rpc_reply_unmatched", rpc_id=rpc_id)
+            # A late answer after a timeout; a device repeating them gets a line an interval.
+            line = self._unmatched.note("rpc_reply_unmatched", None, time.monotonic())
+            if line is not None:
+                self._log.info("rpc_reply_unmatched", rpc_id=str(rpc_id)[:40],
+                               suppressed=line.suppressed)
             return
         method, fut, timer = entry
         timer.cancel()
@@ -173,10 +177,7 @@ class RpcChannel:
 
 def parse_notification(payload: bytes) -> tuple[str, dict[str, Any]]:
     """``(method, params)`` of a frame on ``<prefix>/events/rpc``."""
-    try:
-        frame = orjson.loads(payload)
-    except orjson.JSONDecodeError as exc:
-        raise PayloadError(f"events/rpc: not JSON ({exc})") from None
+    frame = load_json(payload, "events/rpc")
     if not isinstance(frame, dict) or not isinstance(frame.get("method"), str):
         raise PayloadError("events/rpc: not an object with a 'method'")
     params = frame.get("params", {})
@@ -187,10 +188,7 @@ def parse_notification(payload: bytes) -> tuple[str, dict[str, Any]]:
 
 def parse_object(payload: bytes, what: str) -> dict[str, Any]:
     """A JSON object (a component's status on ``<prefix>/status/<component>``)."""
-    try:
-        data = orjson.loads(payload)
-    except orjson.JSONDecodeError as exc:
-        raise PayloadError(f"{what}: not JSON ({exc})") from None
+    data = load_json(payload, what)
     if not isinstance(data, dict):
         raise PayloadError(f"{what}: not a JSON object")
     return data
@@ -264,12 +262,16 @@ class ShellyGen2Device(MqttDevice):
         """Components whose ``<prefix>/status/<component>`` topic to follow."""
         return []
 
-    def _apply_components(self, components: dict[str, Any]) -> None:
-        """Apply ``{"<component>": status, ...}`` (partial or full)."""
+    def _parse_components(self, components: dict[str, Any]) -> list[Any]:
+        """Read ``{"<component>": status, ...}`` (partial or full) into updates, changing
+        nothing: ``PayloadError`` for a bad one, so a payload applies whole or not at all."""
+        return []
 
-    def _apply_status(self, component: str, status: dict[str, Any]) -> None:
-        """Apply one component's full status (from ``status/<component>``)."""
-        self._apply_components({component: status})
+    def _apply_parsed(self, updates: list[Any]) -> None:
+        """Apply what ``_parse_components`` read (cannot fail)."""
+
+    def _apply_components(self, components: dict[str, Any]) -> None:
+        self._apply_parsed(self._parse_components(components))
 
     # -- handlers -----------------------------------------------------------------------
 
@@ -297,8 +299,7 @@ class ShellyGen2Device(MqttDevice):
             self._apply_components(result)
             self._status_known = True
         except PayloadError as err:
-            self.bad_payloads += 1
-            self._log.warning("bad_payload", topic=self._rpc.reply_topic, reason=str(err))
+            self._refuse(self._rpc.reply_topic, b"", err.reason, str(err))
 
     def _on_reply(self, topic: str, payload: bytes) -> None:
         self._rpc.on_reply(topic, payload)
@@ -320,13 +321,16 @@ class ShellyGen2Device(MqttDevice):
     def _on_event(self, _topic: str, payload: bytes) -> None:
         method, params = parse_notification(payload)
         if method in ("NotifyStatus", "NotifyFullStatus"):
+            # Read all before changing anything: a bad frame is no sign of life either.
+            updates = self._parse_components(params)
             self._seen()
-            self._apply_components(params)
+            self._apply_parsed(updates)
             if method == "NotifyFullStatus":
                 self._status_known = True
         # NotifyEvent (button pushes...) carries nothing we use.
 
     def _on_status(self, topic: str, payload: bytes) -> None:
         component = topic.rpartition("/")[2]
+        updates = self._parse_components({component: parse_object(payload, component)})
         self._seen()
-        self._apply_status(component, parse_object(payload, component))
+        self._apply_parsed(updates)

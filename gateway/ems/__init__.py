@@ -8,10 +8,11 @@ the same code.
 
 from gateway.ems.controller import Command, FlexOffer, LoadView, LocalEms
 from gateway.ems.guard import WearGuard
-from gateway.ems.loads import LoadRuntime, LoadSpec, Mode
-from gateway.ems.plan import choose_loads
+from gateway.ems.loads import LoadRuntime, LoadSpec, Mode, Modulation
+from gateway.ems.plan import Candidate, Run, candidate_of, choose_loads
 
 __all__ = [
+    "Candidate",
     "Command",
     "FlexOffer",
     "LoadRuntime",
@@ -19,6 +20,9 @@ __all__ = [
     "LoadView",
     "LocalEms",
     "Mode",
+    "Modulation",
+    "Run",
     "WearGuard",
+    "candidate_of",
     "choose_loads",
 ]

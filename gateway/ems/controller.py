@@ -7,6 +7,13 @@ commands, only where the wear guard allows (``gateway/ems/guard.py``), and
 records them. Nothing here reads a clock or talks to a device: the service
 passes ``now_s`` (monotonic-consistent seconds) and the wall time where a
 deadline needs it, and executes the returned ``Command``s.
+
+A modulating load (``LoadSpec.modulation``) also gets a set point: an
+allocation of A kW runs the loads and set points of ``plan.choose_loads``
+within A (+ ``allow_import_kw``), the largest achievable power; the local
+logic follows the home's export the same way. A set point change on a
+running load is a command too (``switch=False``): it is no start, so the
+wear guard does not count it.
 """
 
 from __future__ import annotations
@@ -18,9 +25,11 @@ from typing import Any
 
 from gateway.ems.guard import WearGuard
 from gateway.ems.loads import LoadRuntime, LoadSpec, Mode, Reason
-from gateway.ems.plan import Candidate, choose_loads
+from gateway.ems.plan import candidate_of, choose_loads
 
 LOCAL_MARGIN_KW = 0.1
+# Set points closer than this are the same (float dust, not a new command).
+SETPOINT_TOL_KW = 1e-6
 # A report contradicting our own command this soon after it is the device
 # catching up, not the resident pressing its button.
 SETTLE_S = 5.0
@@ -28,11 +37,17 @@ SETTLE_S = 5.0
 
 @dataclass(frozen=True, slots=True)
 class Command:
-    """Switch ``load`` on or off, and why."""
+    """Switch ``load`` on or off, and why; for a modulating load, the power to run at.
+
+    ``switch`` False: the load stays as it is (on) and only ``setpoint_kw`` changes.
+    The service sets the power before it switches on, so a load starts at its set point.
+    """
 
     load: str
     on: bool
     reason: Reason
+    setpoint_kw: float | None = None
+    switch: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +93,8 @@ class AllocationResult:
     loads: tuple[str, ...] = ()
     used_kw: float = 0.0
     commands: tuple[Command, ...] = ()
+    setpoints_kw: tuple[float, ...] = ()
+    """The power each of ``loads`` runs at (whole loads: their running power)."""
 
 
 class LocalEms:
@@ -95,6 +112,7 @@ class LocalEms:
         continue_grace_s: float = 120.0,
         max_import_kw: float | None = None,
         settle_s: float = SETTLE_S,
+        allow_import_kw: float = 0.0,
     ) -> None:
         self.specs = {s.id: s for s in specs}
         self.rt = {s.id: LoadRuntime() for s in specs}
@@ -109,14 +127,18 @@ class LocalEms:
         self.grid_level = 0
         self.grid_windows: list[tuple[float, float, int]] = []
         self.max_import_kw = max_import_kw
-        self._preheat: set[str] = set()
+        # An allocation of A kW may run loads up to A + this (drawn from the grid).
+        self.allow_import_kw = max(allow_import_kw, 0.0)
+        self._preheat: dict[str, float] = {}  # load -> set point
         self.highest_epoch = 0
         # Applied cycles until their allocation expires (an expired one is refused anyway).
         self._applied: dict[Any, float] = {}
-        self._local_on: set[str] = set()
+        self._local_on: dict[str, float] = {}  # load -> set point
+        self._alloc_kw: dict[str, float] = {}  # load -> set point of its allocation
         self._commanded_at: dict[str, float] = {}
         # Guard bookkeeping before each command, to undo it if the command fails.
         self._before: dict[str, tuple[float | None, int]] = {}
+        self._setpoint_before: dict[str, float | None] = {}
         self.events: list[tuple[str, dict[str, Any]]] = []
         self.allocation: AllocationResult | None = None
 
@@ -165,10 +187,19 @@ class LocalEms:
                 rt.starts.append(now_s)
         return self._reconcile(now_s)
 
-    def command_failed(self, load: str, on: bool, now_s: float, error: str) -> None:
+    def command_failed(
+        self, load: str, on: bool, now_s: float, error: str, *, switch: bool = True
+    ) -> None:
         """A command could not be executed: the device kept its state, and the wear
-        guard must not count a switch that never happened."""
+        guard must not count a switch that never happened. A failed set point change
+        (``switch=False``) leaves the load on at its former set point."""
         rt = self.rt[load]
+        if not switch:
+            rt.setpoint_kw = self._setpoint_before.pop(load, rt.setpoint_kw)
+            self._event("command_failed", load, on=on, setpoint=True, error=error)
+            return
+        # Whatever the device's set point is now, the next start sends one again.
+        rt.setpoint_kw = None
         before = self._before.pop(load, None)
         if rt.on == on:
             rt.on = not on
@@ -213,13 +244,16 @@ class LocalEms:
                 # Offered to continue: hold it on until this cycle's alloc says.
                 self._continuing[spec.id] = now_s + self.continue_grace_s
             until = spec.next_departure(now)
+            # What it can really run at: a whole load its running power only (a share
+            # between its min_kw and max_kw would run nothing), a modulating one its
+            # range (docs/protocol.md, "flex").
             infos.append(
                 LoadFlexInfo(
-                    spec.id, spec.kind, spec.min_kw, spec.max_kw, spec.priority, until,
+                    spec.id, spec.kind, spec.least_kw, spec.most_kw, spec.priority, until,
                     spec.energy_need(),
                 )
             )
-            total += spec.run_kw
+            total += spec.most_kw
         return FlexOffer(min(round(total, 6), self.max_flex_kw), tuple(infos))
 
     def accept_allocation(
@@ -248,12 +282,9 @@ class LocalEms:
         for spec, _rt in self._offerable(now_s, valid_until_s):
             until = spec.next_departure(now)
             candidates.append(
-                Candidate(
-                    spec.id, spec.run_kw, spec.priority,
-                    (until - now).total_seconds() if until is not None else None,
-                )
+                candidate_of(spec, (until - now).total_seconds() if until is not None else None)
             )
-        chosen = choose_loads(candidates, alloc_kw)
+        chosen = choose_loads(candidates, alloc_kw + self.allow_import_kw)
         chosen_ids = {c.id for c in chosen}
         for load in self._continuing:
             if load not in chosen_ids and self.rt[load].allocated_until_s is not None:
@@ -262,15 +293,18 @@ class LocalEms:
         self._continuing.clear()
         for c in chosen:
             self.rt[c.id].allocated_until_s = valid_until_s
-            self._local_on.discard(c.id)
+            self._alloc_kw[c.id] = c.kw
+            self._local_on.pop(c.id, None)
         commands = self._reconcile(now_s)
         result = AllocationResult(
             True, "applied", tuple(c.id for c in chosen),
             round(sum(c.kw for c in chosen), 6), tuple(commands),
+            tuple(round(c.kw, 6) for c in chosen),
         )
         self.allocation = result
         self._event("allocation_applied", None, cycle=str(cycle), alloc_kw=alloc_kw,
-                    loads=list(result.loads), used_kw=result.used_kw)
+                    loads=list(result.loads), setpoints_kw=list(result.setpoints_kw),
+                    used_kw=result.used_kw)
         return result
 
     def cycle_closed(self, now_s: float) -> list[Command]:
@@ -290,6 +324,7 @@ class LocalEms:
                 and load not in self._continuing
             ):
                 rt.allocated_until_s = None
+                self._alloc_kw.pop(load, None)
             if rt.check_at_s is not None and now_s >= rt.check_at_s:
                 rt.check_at_s = None
                 self._check_response(load, rt, now_s)
@@ -305,7 +340,7 @@ class LocalEms:
         for load, rt in self.rt.items():
             spec = self.specs[load]
             power = rt.measured_kw if rt.measured_kw is not None else (
-                spec.run_kw if rt.on else 0.0
+                self._commanded_kw(spec, rt) if rt.on else 0.0
             )
             out.append(
                 LoadView(load, rt.on, rt.reason, rt.mode, rt.available, max(power, 0.0),
@@ -364,28 +399,52 @@ class LocalEms:
             out.append((spec, rt))
         return out
 
-    def _desired(self, spec: LoadSpec, rt: LoadRuntime, now_s: float) -> tuple[bool, Reason]:
+    def _commanded_kw(self, spec: LoadSpec, rt: LoadRuntime) -> float:
+        """What a load that is on should draw: its set point, or its running power."""
+        if spec.modulates and rt.setpoint_kw is not None:
+            return rt.setpoint_kw
+        return spec.run_kw
+
+    def _desired(
+        self, spec: LoadSpec, rt: LoadRuntime, now_s: float
+    ) -> tuple[bool, Reason, float | None]:
+        """On or off, why, and (modulating loads) at what power."""
         if rt.mode == "force_on":
-            return True, "manual"
+            return True, "manual", spec.default_setpoint_kw
         if rt.mode == "force_off":
-            return False, "manual"
+            return False, "manual", None
         if spec.shed_level is not None and self.grid_level >= spec.shed_level:
-            return False, "shed"
+            return False, "shed", None
         if rt.allocated_until_s is not None and (
             now_s < rt.allocated_until_s or (spec.id in self._continuing and rt.on)
         ):
-            return True, "allocation"
-        if spec.id in self._local_on or spec.id in self._preheat:
-            return True, "local"
-        return spec.normally_on, "idle"
+            # Continuing into a new cycle with no new set point yet: keep the one it has.
+            kw = self._alloc_kw.get(spec.id, rt.setpoint_kw)
+            return True, "allocation", kw if kw is not None else spec.default_setpoint_kw
+        if spec.id in self._local_on:
+            return True, "local", self._local_on[spec.id]
+        if spec.id in self._preheat:
+            return True, "local", self._preheat[spec.id]
+        return spec.normally_on, "idle", None
 
     def _reconcile(self, now_s: float) -> list[Command]:
         commands = []
         for load, spec in self.specs.items():
             rt = self.rt[load]
-            want, reason = self._desired(spec, rt, now_s)
+            want, reason, kw = self._desired(spec, rt, now_s)
+            setpoint = kw if spec.modulates and want else None
             if want == rt.on:
                 rt.reason = reason
+                if (
+                    setpoint is not None
+                    and rt.available
+                    and (rt.setpoint_kw is None or abs(setpoint - rt.setpoint_kw) > SETPOINT_TOL_KW)
+                ):
+                    # Running already: a new power, no start (the guard does not count it).
+                    self._setpoint_before[load] = rt.setpoint_kw
+                    rt.setpoint_kw = setpoint
+                    self._commanded_at[load] = now_s
+                    commands.append(Command(load, True, reason, setpoint, switch=False))
                 continue
             if not rt.available:
                 continue
@@ -403,8 +462,9 @@ class LocalEms:
             rt.on = want
             rt.last_change_s = now_s
             rt.reason = reason
+            rt.setpoint_kw = setpoint if want else rt.setpoint_kw
             self._commanded_at[load] = now_s
-            commands.append(Command(load, want, reason))
+            commands.append(Command(load, want, reason, setpoint))
         return commands
 
     def _check_response(self, load: str, rt: LoadRuntime, now_s: float) -> None:
@@ -414,7 +474,7 @@ class LocalEms:
         if rt.measured_kw < self.response_tolerance * spec.min_kw:
             rt.unresponsive_until_s = now_s + self.unresponsive_hold_s
             self._event("load_unresponsive", load, measured_kw=rt.measured_kw,
-                        expected_kw=spec.run_kw)
+                        expected_kw=self._commanded_kw(spec, rt))
 
     def _plan_local(self, now_s: float, net_export_kw: float | None) -> None:
         if not self.local_self_consumption or net_export_kw is None:
@@ -429,7 +489,7 @@ class LocalEms:
                 continue
             if rt.unresponsive_until_s is not None and now_s < rt.unresponsive_until_s:
                 continue  # it draws nothing: no power to take back
-            run_kw = self.specs[ld].run_kw
+            run_kw = self._commanded_kw(self.specs[ld], rt)
             running += min(rt.measured_kw, run_kw) if rt.measured_kw is not None else run_kw
         budget = net_export_kw + running - LOCAL_MARGIN_KW
         candidates = []
@@ -443,8 +503,16 @@ class LocalEms:
                 continue
             if not rt.on and not WearGuard.may_start(spec, rt, now_s):
                 continue
-            candidates.append(Candidate(load, spec.run_kw, spec.priority))
-        self._local_on = {c.id for c in choose_loads(candidates, budget)}
+            candidates.append(candidate_of(spec))
+        planned = {run.id: run.kw for run in choose_loads(candidates, budget)}
+        for load, kw in planned.items():
+            # A modulating load follows the export, but not every small rise of
+            # it: within the margin it keeps its set point (never above the budget,
+            # which the old set point is below).
+            old = self._local_on.get(load)
+            if old is not None and old <= kw < old + LOCAL_MARGIN_KW:
+                planned[load] = old
+        self._local_on = planned
 
     def _plan_preheat(self, now_s: float, net_export_kw: float | None) -> None:
         """Run storing loads ahead of a stress window that will cut them.
@@ -454,12 +522,12 @@ class LocalEms:
         ``local``), if the home's import stays within ``max_import_kw`` (its
         contract), so comfort holds through the window.
         """
-        chosen: set[str] = set()
+        chosen: dict[str, float] = {}
         import_kw = -net_export_kw if net_export_kw is not None else 0.0
         # What already runs for anticipation is part of today's import.
         headroom = None
         if self.max_import_kw is not None:
-            running = sum(self.specs[ld].run_kw for ld in self._preheat if self.rt[ld].on)
+            running = sum(kw for ld, kw in self._preheat.items() if self.rt[ld].on)
             headroom = self.max_import_kw - (import_kw - running)
         for load, spec in sorted(self.specs.items(), key=lambda kv: -kv[1].priority):
             rt = self.rt[load]
@@ -487,15 +555,18 @@ class LocalEms:
                 continue
             if not rt.on and not WearGuard.may_start(spec, rt, now_s):
                 continue
+            # Its nominal power; a modulating load less if the contract's headroom says so.
+            kw: float | None = spec.default_setpoint_kw
             if headroom is not None:
-                if spec.run_kw > headroom:
+                kw = spec.setpoint_at_most(min(spec.default_setpoint_kw, headroom))
+                if kw is None:
                     continue
-                headroom -= spec.run_kw
-            chosen.add(load)
-        if chosen != self._preheat:
-            started = sorted(chosen - self._preheat)
-            if started:
-                self._event("preheat", None, loads=started)
+                headroom -= kw
+            assert kw is not None
+            chosen[load] = kw
+        started = sorted(set(chosen) - set(self._preheat))
+        if started:
+            self._event("preheat", None, loads=started)
         self._preheat = chosen
 
     def _refuse(self, why: str, cycle: Any) -> AllocationResult:

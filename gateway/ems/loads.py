@@ -1,12 +1,21 @@
-"""What the EMS knows of each flexible load: its limits (spec) and its state (runtime)."""
+"""What the EMS knows of each flexible load: its limits (spec) and its state (runtime).
+
+A load is switched whole (``modulation = "none"``: a relay, a water heater at
+full power), or modulates: ``"continuous"`` (any power in ``[min_kw, max_kw]``,
+an inverter heat pump) or ``"steps"`` (one of ``steps_kw``, e.g. a wallbox
+taking 6-32 A in 1 A steps). What it can draw is ``setpoints``: the powers the
+gateway may command, from which the flex it offers and its plans follow.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta
+from itertools import pairwise
 from typing import Literal
 
 Mode = Literal["auto", "force_on", "force_off"]
+Modulation = Literal["none", "continuous", "steps"]
 Reason = Literal["allocation", "shed", "local", "manual", "idle"]
 
 
@@ -36,6 +45,56 @@ class LoadSpec:
     # did): left alone it runs on its own thermostat, so its idle state is on
     # and it offers no flexibility; it is only ever cut (shed, manual).
     normally_on: bool = False
+    modulation: Modulation = "none"
+    # "steps": the powers it accepts, ascending (kW).
+    steps_kw: tuple[float, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.modulation == "steps":
+            steps = self.steps_kw
+            if not steps or steps[0] <= 0 or any(b <= a for a, b in pairwise(steps)):
+                raise ValueError(f"load {self.id}: steps_kw must be positive and ascending")
+        elif self.modulation == "continuous" and not 0 < self.min_kw <= self.max_kw:
+            raise ValueError(f"load {self.id}: a continuous load needs 0 < min_kw <= max_kw")
+
+    @property
+    def modulates(self) -> bool:
+        """Whether the gateway sets its power (else it switches it whole)."""
+        return self.modulation != "none"
+
+    @property
+    def least_kw(self) -> float:
+        """The smallest power it can run at (a whole load: its running power)."""
+        if self.modulation == "continuous":
+            return self.min_kw
+        if self.modulation == "steps":
+            return self.steps_kw[0]
+        return self.run_kw
+
+    @property
+    def most_kw(self) -> float:
+        """The largest power it can run at (a whole load: its running power)."""
+        if self.modulation == "continuous":
+            return self.max_kw
+        if self.modulation == "steps":
+            return self.steps_kw[-1]
+        return self.run_kw
+
+    def setpoint_at_most(self, power_kw: float, tolerance_kw: float = 1e-6) -> float | None:
+        """The largest power it can run at within ``power_kw``; None below its least."""
+        if power_kw + tolerance_kw < self.least_kw:
+            return None
+        if self.modulation == "continuous":
+            return min(max(power_kw, self.min_kw), self.max_kw)
+        if self.modulation == "steps":
+            return max(s for s in self.steps_kw if s <= power_kw + tolerance_kw)
+        return self.run_kw
+
+    @property
+    def default_setpoint_kw(self) -> float:
+        """What it runs at when nothing limits it (manual on, anticipation): its nominal
+        power, or the largest step below it."""
+        return self.setpoint_at_most(self.run_kw) or self.least_kw
 
     @property
     def stores_energy(self) -> bool:
@@ -44,7 +103,7 @@ class LoadSpec:
 
     @property
     def run_kw(self) -> float:
-        """The power it draws when its relay is on (an on/off relay: nominal, within limits)."""
+        """Its nominal power within its limits: what a whole load draws when on."""
         return min(max(self.nominal_kw, self.min_kw), self.max_kw)
 
     def energy_need(self) -> float | None:
@@ -79,3 +138,4 @@ class LoadRuntime:
     check_at_s: float | None = None  # when to verify the power step after a start
     unresponsive_until_s: float | None = None
     energy_kwh: float | None = None
+    setpoint_kw: float | None = None  # the power last commanded (modulating loads)

@@ -35,6 +35,7 @@ MQTT_DRIVERS = {
     "shelly_gen1_em",
     "shelly_gen2_em",
     "mqtt_generic_meter",
+    "goe_charger_v2",
 }
 
 PLUG_S = """\

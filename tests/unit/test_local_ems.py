@@ -9,6 +9,8 @@ examples follow the behaviour the product promises:
   minimum off time, at its start limit, unresponsive or satisfied;
 - allocation: whole loads that fit (priority, then the nearest deadline),
   kept on for the whole period, off at its end unless allocated again;
+  modulating loads (continuous, or in steps as a wallbox) at the set point
+  that uses the most of it, changed without a new start;
 - the wear guard holds even against the coordinator; only manual off and
   shedding may stop a load inside its minimum on time;
 - a start is checked against the measured power step;
@@ -73,10 +75,10 @@ def state(ems: LocalEms) -> dict[str, tuple[bool, str]]:
 
 def test_flex_lists_every_idle_load_with_its_limits() -> None:
     ev = LoadSpec("ev", kind="ev_charger", nominal_kw=2.3, min_kw=1.4, max_kw=3.7, priority=3,
-                  capacity_kwh=40.0, soc=0.3, departure=time(7, 30))
+                  capacity_kwh=40.0, soc=0.3, departure=time(7, 30), modulation="continuous")
     ems = make(spec("wh", 2.2, kind="water_heater"), ev)
     offer = ems.flex(10.0, at(10.0), PERIOD_S)
-    assert offer.flex_kw == pytest.approx(2.2 + 2.3)
+    assert offer.flex_kw == pytest.approx(2.2 + 3.7)  # a modulating load up to its max
     by_id = {i.id: i for i in offer.loads}
     assert (by_id["wh"].kind, by_id["wh"].min_kw, by_id["wh"].max_kw) == ("water_heater", 2.2, 2.2)
     assert (by_id["ev"].min_kw, by_id["ev"].max_kw, by_id["ev"].priority) == (1.4, 3.7, 3)
@@ -576,3 +578,116 @@ def test_a_cut_wired_load_is_on_when_idle_and_offers_no_flexibility() -> None:
     assert ems.set_grid_level(2, 40.0) == [off("wh", "shed")]
     assert ems.set_grid_level(0, 50.0) == [on("wh", "idle")]
     assert ems.set_mode("wh", "force_off", 60.0) == [off("wh", "manual")]
+
+
+# Modulating loads ------------------------------------------------------------------------------
+
+WALLBOX = tuple(round(a * 0.23, 2) for a in range(6, 17))  # 6-16 A, one phase, 230 V
+
+
+def heat_pump(**kw_args: object) -> LoadSpec:
+    """An inverter heat pump: anything from 1.0 to 2.0 kW, 1.5 kW nominal."""
+    return LoadSpec("hp", kind="heat_pump", nominal_kw=1.5, min_kw=1.0, max_kw=2.0,
+                    modulation="continuous", **kw_args)  # type: ignore[arg-type]
+
+
+def wallbox(**kw_args: object) -> LoadSpec:
+    return LoadSpec("ev", kind="ev_charger", nominal_kw=WALLBOX[-1], min_kw=WALLBOX[0],
+                    max_kw=WALLBOX[-1], modulation="steps", steps_kw=WALLBOX,
+                    **kw_args)  # type: ignore[arg-type]
+
+
+def test_a_whole_load_offers_only_its_running_power() -> None:
+    # A relay cannot run a 1.0-2.0 kW heat pump at 1.2 kW: it offers what it draws when on.
+    ems = make(LoadSpec("hp", nominal_kw=1.5, min_kw=1.0, max_kw=2.0))
+    (info,) = ems.flex(0.0, at(0.0), PERIOD_S).loads
+    assert (info.min_kw, info.max_kw) == (1.5, 1.5)
+
+
+def test_a_modulating_load_offers_its_range_and_runs_at_the_allocation() -> None:
+    ems = make(heat_pump())
+    offer = ems.flex(0.0, at(0.0), PERIOD_S)
+    assert offer.flex_kw == 2.0 and (offer.loads[0].min_kw, offer.loads[0].max_kw) == (1.0, 2.0)
+    result = allocate(ems, "c1", 1.3, 5.0)
+    assert (result.loads, result.setpoints_kw, result.used_kw) == (("hp",), (1.3,), 1.3)
+    assert result.commands == (Command("hp", True, "allocation", 1.3),)
+    assert [v.power_kw for v in ems.views(5.0)] == [1.3]  # no meter yet: its set point
+
+
+def test_a_wallbox_runs_at_its_largest_step_within_the_allocation() -> None:
+    ems = make(wallbox())
+    result = allocate(ems, "c1", 3.0, 5.0)
+    assert result.setpoints_kw == (2.99,)  # 13 A, not 3.0 kW
+    assert result.commands == (Command("ev", True, "allocation", 2.99),)
+    assert allocate(make(wallbox()), "c1", 1.3, 5.0).loads == ()  # below 6 A: nothing
+
+
+def test_whole_and_modulating_loads_share_an_allocation() -> None:
+    ems = make(spec("wh", 2.2, kind="water_heater"), heat_pump())
+    result = allocate(ems, "c1", 4.0, 5.0)
+    assert dict(zip(result.loads, result.setpoints_kw, strict=True)) == pytest.approx(
+        {"wh": 2.2, "hp": 1.8})
+    assert sorted(result.commands, key=lambda c: c.load) == [
+        Command("hp", True, "allocation", pytest.approx(1.8)),  # type: ignore[arg-type]
+        on("wh", "allocation"),  # a whole load takes no set point
+    ]
+
+
+def test_allow_import_lets_an_allocation_run_a_load_a_little_above_it() -> None:
+    assert allocate(make(spec("wh", 2.2)), "c1", 2.0, 5.0).loads == ()
+    ems = make(spec("wh", 2.2), allow_import_kw=0.3)
+    assert allocate(ems, "c1", 2.0, 5.0).loads == ("wh",)
+    ems = make(heat_pump(), allow_import_kw=0.3)
+    assert allocate(ems, "c1", 1.5, 5.0).setpoints_kw == (1.8,)
+
+
+def test_a_new_allocation_changes_a_running_loads_set_point_without_a_start() -> None:
+    ems = make(heat_pump(max_starts_per_hour=1, min_on_s=0.0))
+    allocate(ems, "c1", 2.0, 0.0, valid_until_s=PERIOD_S)
+    ems.observe("hp", 1.0, on=True, power_kw=2.0)
+    assert [i.id for i in ems.flex(PERIOD_S - 5.0, at(PERIOD_S - 5.0), PERIOD_S).loads] == ["hp"]
+    result = allocate(ems, "c2", 1.2, PERIOD_S - 2.0, valid_until_s=2 * PERIOD_S)
+    assert result.commands == (Command("hp", True, "allocation", 1.2, switch=False),)
+    assert ems.rt["hp"].starts == [0.0]  # a set point change is no start
+
+
+def test_a_failed_set_point_change_is_sent_again() -> None:
+    ems = make(heat_pump())
+    allocate(ems, "c1", 2.0, 0.0, valid_until_s=PERIOD_S)
+    ems.observe("hp", 1.0, on=True, power_kw=2.0)
+    ems.flex(PERIOD_S - 5.0, at(PERIOD_S - 5.0), PERIOD_S)
+    (change,) = allocate(ems, "c2", 1.2, PERIOD_S - 2.0, valid_until_s=2 * PERIOD_S).commands
+    ems.command_failed("hp", True, PERIOD_S - 1.0, "timeout", switch=False)
+    assert ems.rt["hp"].on and ems.rt["hp"].setpoint_kw == 2.0  # still running at 2.0
+    assert ems.tick(PERIOD_S, None) == [change]
+
+
+def test_a_failed_start_forgets_the_set_point() -> None:
+    ems = make(heat_pump())
+    allocate(ems, "c1", 1.2, 0.0)
+    ems.command_failed("hp", True, 1.0, "timeout")
+    assert not ems.rt["hp"].on and ems.rt["hp"].setpoint_kw is None
+
+
+def test_local_self_consumption_follows_the_export_within_a_margin() -> None:
+    ems = make(heat_pump(min_on_s=0.0))
+    # 1.6 kW exported: the heat pump at 1.5 (the margin kept).
+    assert ems.tick(10.0, 1.6) == [Command("hp", True, "local", pytest.approx(1.5))]  # type: ignore[arg-type]
+    ems.observe("hp", 11.0, power_kw=1.5)
+    # The export rises a little (it runs at 1.5 and 0.15 kW still goes out): within the
+    # margin, kept.
+    assert ems.tick(20.0, 0.15) == []
+    # It rises more: the set point follows, with no new start.
+    (raise_,) = ems.tick(30.0, 0.4)
+    assert (raise_.switch, raise_.setpoint_kw) == (False, pytest.approx(1.8))
+    # It falls: the set point follows at once (never above the home's own export).
+    ems.observe("hp", 31.0, power_kw=1.8)
+    (lower,) = ems.tick(40.0, -0.3)
+    assert (lower.switch, lower.setpoint_kw) == (False, pytest.approx(1.4))
+    assert len(ems.rt["hp"].starts) == 1
+
+
+def test_forced_on_a_modulating_load_runs_at_its_nominal_power() -> None:
+    ems = make(wallbox())
+    # Nominal 3.68 kW (16 A) is a step: it runs there.
+    assert ems.set_mode("ev", "force_on", 1.0) == [Command("ev", True, "manual", 3.68)]

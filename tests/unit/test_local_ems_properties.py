@@ -6,25 +6,31 @@ manual modes, grid levels, flex requests, allocations (random cycles,
 epochs and ``valid_until``: duplicates, old epochs, expired ones; and whole
 regular cycles: a request at a period boundary, then the alloc), ticks with
 a random net export, closed cycles and failed commands, while time moves
-forward by random steps. Some loads are cut-wired (on when idle). The
+forward by random steps. Some loads are cut-wired (on when idle); some
+modulate (continuous between min and max, or in steps, as a wallbox), and
+some EMSs may draw a little import on an allocation (``allow_import_kw``). The
 machine keeps its own record of what the device did (every returned
 ``Command`` and every on/off change a report shows) and checks, after every
 step:
 
-1. allocation: the loads running on the last accepted allocation fit its kW;
-   any other load running with reason "allocation" is still covered (an
-   earlier allocation not yet at its ``valid_until``), held by its minimum
-   on time, or held to continue while the coordinator decides;
-2. a load commanded on runs at its running power, never below its min_kw;
+1. allocation: the loads running on the last accepted allocation, at their
+   set points, fit its kW (+ ``allow_import_kw``); any other load running
+   with reason "allocation" is still covered (an earlier allocation not yet
+   at its ``valid_until``), held by its minimum on time, or held to continue
+   while the coordinator decides;
+2. a whole load commanded on runs at its running power; a modulating one at
+   a set point it can take (within [min_kw, max_kw], one of its steps), never
+   below its minimum; a set point change goes only to a running load;
 3. the wear guard: no start inside min_off_s of the last stop, never more
    than max_starts_per_hour starts in a sliding hour, no stop inside
-   min_on_s except for manual or shed;
+   min_on_s except for manual or shed; a set point change is no start;
 4. precedence: force_off is never commanded on, force_on never off, a shed
    auto load never on; and where the guard allows, those states are reached;
 5. flex offers no running (other than continuing), shed, manual,
    unavailable, unresponsive or satisfied load, none inside its min off time
-   or at its start limit, every load that could start, and flex_kw is the
-   sum of their running powers capped at the site maximum;
+   or at its start limit, every load that could start, each with the powers
+   it can really run at (a whole load: min = max = its running power), and
+   flex_kw is the sum of their largest powers capped at the site maximum;
 6. at most one accepted allocation per cycle; never an older epoch or an
    expired ``valid_until``;
 7. nothing raises.
@@ -66,6 +72,21 @@ def load_specs(draw: st.DrawFn, index: int) -> LoadSpec:
     lo = draw(st.sampled_from([0.3, 0.5, 1.0, 1.5, 2.0, 3.0]))
     hi = lo + draw(st.sampled_from([0.0, 0.0, 0.5, 1.0]))
     nominal = draw(st.sampled_from([lo, hi, (lo + hi) / 2, lo / 2, hi * 2]))
+    # Wired energised = cut: on when idle, only ever cut (shed, manual); a relay board's
+    # channel, so it never modulates.
+    normally_on = draw(st.sampled_from([False] * 7 + [True]))
+    modulation = "none" if normally_on else draw(
+        st.sampled_from(["none", "none", "continuous", "steps"])
+    )
+    steps: tuple[float, ...] = ()
+    if modulation == "continuous" and hi <= lo:
+        hi = lo + 1.0
+    elif modulation == "steps":
+        # A wallbox's whole amps (0.23 kW a step on one phase) from lo, or a few stages.
+        step = draw(st.sampled_from([0.23, 0.5]))
+        count = draw(st.integers(1, 8))
+        steps = tuple(round(lo + k * step, 6) for k in range(count))
+        hi = steps[-1]
     return LoadSpec(
         f"l{index}",
         kind=draw(st.sampled_from(["water_heater", "heat_pump", "ev_charger", "generic"])),
@@ -79,9 +100,19 @@ def load_specs(draw: st.DrawFn, index: int) -> LoadSpec:
         priority=draw(st.integers(0, 2)),
         departure=draw(st.none() | st.sampled_from([time(7, 30), time(12, 0), time(18, 0)])),
         energy_need_kwh=draw(st.sampled_from([None, None, None, 0.0, 5.0])),
-        # Wired energised = cut: on when idle, only ever cut (shed, manual).
-        normally_on=draw(st.sampled_from([False] * 7 + [True])),
+        normally_on=normally_on,
+        modulation=modulation,  # type: ignore[arg-type]
+        steps_kw=steps,
     )
+
+
+def can_run_at(spec: LoadSpec, kw: float) -> bool:
+    """Whether ``kw`` is a power the load can run at (never below its minimum)."""
+    if spec.modulation == "continuous":
+        return spec.min_kw - TOL_KW <= kw <= spec.max_kw + TOL_KW
+    if spec.modulation == "steps":
+        return any(abs(kw - s) <= TOL_KW for s in spec.steps_kw)
+    return False
 
 
 # Mostly short steps (several per period), sometimes long ones (past guards and hours).
@@ -113,6 +144,11 @@ class Device:
     commanded_at_s: float = float("-inf")
     pending: Command | None = None  # the last command, while nothing changed since
     check_due_s: float | None = None
+    setpoint_kw: float | None = None  # the power last set (modulating loads)
+    setpoint_before: float | None = None  # before the pending set point change
+    # The power the EMS last decided: a failed change leaves the device at its
+    # former power until the next reconciliation sends it again.
+    decided_kw: float | None = None
 
 
 class LocalEmsMachine(RuleBasedStateMachine):
@@ -125,6 +161,7 @@ class LocalEmsMachine(RuleBasedStateMachine):
         self.local = data.draw(st.sampled_from([True, True, True, False]),
                                label="local_self_consumption")
         self.max_flex_kw = data.draw(st.sampled_from([2.0, 50.0]))
+        self.allow_import_kw = data.draw(st.sampled_from([0.0, 0.0, 0.5]), label="allow_import")
         self.ems = LocalEms(
             list(self.specs.values()),
             response_check_s=self.response_check_s,
@@ -132,6 +169,7 @@ class LocalEmsMachine(RuleBasedStateMachine):
             local_self_consumption=self.local,
             max_flex_kw=self.max_flex_kw,
             continue_grace_s=self.grace_s,
+            allow_import_kw=self.allow_import_kw,
         )
         self.now = 0.0
         self.dev = {ld: Device() for ld in self.specs}
@@ -182,6 +220,13 @@ class LocalEmsMachine(RuleBasedStateMachine):
     def views(self) -> dict[str, LoadView]:
         return {v.id: v for v in self.ems.views(self.now)}
 
+    def drawn_kw(self, load: str) -> float:
+        """What a load that is on draws by our record: its set point, or its running power."""
+        spec, d = self.specs[load], self.dev[load]
+        if spec.modulates and d.setpoint_kw is not None:
+            return d.setpoint_kw
+        return spec.run_kw
+
     def apply(self, commands: list[Command] | tuple[Command, ...]) -> None:
         """Check each command against the record and the rules, then record it."""
         now = self.now
@@ -191,6 +236,26 @@ class LocalEmsMachine(RuleBasedStateMachine):
             seen.add(c.load)
             d, spec = self.dev[c.load], self.specs[c.load]
             assert d.available, f"command to an unavailable load: {c}"
+            # (2) set points: only modulating loads, only at a power they can take.
+            if spec.modulates and c.on:
+                assert c.setpoint_kw is not None and can_run_at(spec, c.setpoint_kw), c
+            else:
+                assert c.setpoint_kw is None, c
+            if not c.switch:
+                # A new power for a running load: no switch, no start, nothing for the guard.
+                assert c.on and d.on and spec.modulates, c
+                assert c.setpoint_kw != d.setpoint_kw, f"redundant set point: {c}"
+                if d.mode == "force_on":
+                    assert c.reason == "manual", c
+                elif c.reason == "allocation":
+                    assert c.load in self.owner, f"set on no allocation: {c}"
+                else:
+                    assert c.reason == "local" and d.mode == "auto" and not self.shed(c.load), c
+                d.setpoint_before, d.setpoint_kw = d.setpoint_kw, c.setpoint_kw
+                d.decided_kw = c.setpoint_kw
+                d.commanded_at_s = now
+                d.pending = c
+                continue
             assert c.on != d.on, f"redundant command: {c}"
             # (4) precedence: manual > shed > allocation > local.
             if d.mode == "force_on":
@@ -213,8 +278,9 @@ class LocalEmsMachine(RuleBasedStateMachine):
                     assert now - last_at >= spec.min_off_s, f"start inside min_off_s: {c}"
                 recent = [t for t in d.starts if now - t < HOUR_S]
                 assert len(recent) + 1 <= spec.max_starts_per_hour, f"start limit: {c}"
-                # (2) whole loads only: it runs at its running power, never below min_kw.
-                assert spec.min_kw - TOL_KW <= spec.run_kw <= spec.max_kw + TOL_KW
+                # (2) a whole load runs at its running power, within its limits.
+                if not spec.modulates:
+                    assert spec.min_kw - TOL_KW <= spec.run_kw <= spec.max_kw + TOL_KW
                 if c.reason == "allocation":
                     a = self.owner.get(c.load)
                     assert a is not None, f"started on no allocation: {c}"
@@ -227,6 +293,9 @@ class LocalEmsMachine(RuleBasedStateMachine):
             d.changes.append((now, c.on))
             if c.on:
                 d.starts.append(now)
+                if c.setpoint_kw is not None:
+                    d.setpoint_before, d.setpoint_kw = d.setpoint_kw, c.setpoint_kw
+                    d.decided_kw = c.setpoint_kw
             d.check_due_s = now + self.response_check_s if c.on else None
             d.commanded_at_s = now
             d.pending = c
@@ -253,9 +322,10 @@ class LocalEmsMachine(RuleBasedStateMachine):
             d.measured_kw = power_kw
         if on is not None and (not d.reported or came_back):
             # The first report, or the device back after an outage: how things are,
-            # not a switch anybody made (no start counted, the guard counts from now).
+            # not a switch anybody made (no start counted, the guard counts from now);
+            # unless we have just commanded it: that report may predate the command.
             d.reported = True
-            if on != d.on:
+            if on != d.on and self.now - d.commanded_at_s >= SETTLE_S:
                 d.on = on
                 d.changes.append((self.now, on))
                 d.check_due_s = None
@@ -278,7 +348,7 @@ class LocalEmsMachine(RuleBasedStateMachine):
         self.advance(dt)
         load = data.draw(st.sampled_from(sorted(self.specs)), label="load")
         d = self.dev[load]
-        d.measured_kw = self.specs[load].run_kw if d.on and drawing else 0.0
+        d.measured_kw = self.drawn_kw(load) if d.on and drawing else 0.0
         self.apply(self.ems.observe(load, self.now, power_kw=d.measured_kw))
 
     @rule(dt=steps, data=st.data(),
@@ -308,8 +378,13 @@ class LocalEmsMachine(RuleBasedStateMachine):
         # (5) nothing offered that cannot take extra power for the period.
         for info in offer.loads:
             spec, d, view = self.specs[info.id], self.dev[info.id], views[info.id]
-            assert (info.min_kw, info.max_kw, info.kind) == (spec.min_kw, spec.max_kw,
-                                                             spec.kind)
+            # What it can really run at: a whole load only its running power.
+            if spec.modulates:
+                assert info.min_kw == (spec.steps_kw[0] if spec.steps_kw else spec.min_kw), info
+                assert info.max_kw == (spec.steps_kw[-1] if spec.steps_kw else spec.max_kw), info
+            else:
+                assert info.min_kw == info.max_kw == spec.run_kw, info
+            assert info.kind == spec.kind
             assert d.available and d.mode == "auto", info
             assert not spec.normally_on, info
             assert not self.shed(info.id), info
@@ -333,7 +408,7 @@ class LocalEmsMachine(RuleBasedStateMachine):
                 and self.may_start(load, self.now)
             ):
                 assert load in ids, f"{load} could start but is not offered"
-        total = sum(self.specs[i].run_kw for i in ids)
+        total = sum(info.max_kw for info in offer.loads)
         assert offer.flex_kw == min(round(total, 6), self.max_flex_kw)
         for i in ids:
             if self.dev[i].on:
@@ -404,17 +479,27 @@ class LocalEmsMachine(RuleBasedStateMachine):
         self.highest_epoch = max(self.highest_epoch, epoch)
         self.applied.add(cycle)
         chosen = set(result.loads)
-        assert len(chosen) == len(result.loads)
+        assert len(chosen) == len(result.loads) == len(result.setpoints_kw)
         assert chosen <= eligible, (chosen, eligible)
-        used = sum(self.specs[ld].run_kw for ld in chosen)
-        assert result.used_kw == round(used, 6)
-        assert used <= kw + TOL_KW, f"allocation overrun: {used} > {kw}"
+        for ld, setpoint in zip(result.loads, result.setpoints_kw, strict=True):
+            spec = self.specs[ld]
+            if spec.modulates:
+                assert can_run_at(spec, setpoint), (ld, setpoint)
+            else:
+                assert abs(setpoint - spec.run_kw) <= TOL_KW, (ld, setpoint)
+        used = sum(result.setpoints_kw)
+        assert abs(result.used_kw - used) <= TOL_KW
+        # (1) never more than the allocation, plus the import it may take.
+        assert used <= kw + self.allow_import_kw + TOL_KW, f"allocation overrun: {used} > {kw}"
         started = {c.load for c in result.commands if c.on and c.reason == "allocation"}
         assert {ld for ld in chosen if not self.dev[ld].on} <= started
         alloc = Alloc(cycle, kw, valid_until, self.now, frozenset(chosen))
         self.allocs.append(alloc)
         for ld in chosen:
             self.owner[ld] = alloc
+        for ld, setpoint in zip(result.loads, result.setpoints_kw, strict=True):
+            if self.specs[ld].modulates:
+                self.dev[ld].decided_kw = setpoint  # sent below, unless it runs at it already
         self.continuing.clear()
         self.apply(result.commands)
 
@@ -425,6 +510,7 @@ class LocalEmsMachine(RuleBasedStateMachine):
     def tick(self, dt: float, net_kw: float | None) -> None:
         self.advance(dt)
         before = self.views()
+        before_kw = {ld: self.drawn_kw(ld) for ld in self.specs}
         self.continuing = {ld: u for ld, u in self.continuing.items() if self.now < u}
         for d in self.dev.values():
             if d.check_due_s is not None and self.now >= d.check_due_s:
@@ -442,9 +528,10 @@ class LocalEmsMachine(RuleBasedStateMachine):
             return (d.available and d.mode == "auto" and not self.shed(load)
                     and not after[load].unresponsive)
 
-        reclaimable = sum(self.specs[ld].run_kw for ld in self.specs
+        reclaimable = sum(before_kw[ld] for ld in self.specs
                           if local_before(ld) and candidate(ld))
-        local_started = sum(self.specs[c.load].run_kw for c in commands
+        # Loads started on local power, and running ones given a new set point.
+        local_started = sum(self.drawn_kw(c.load) for c in commands
                             if c.on and c.reason == "local")
         if net_kw is None or not self.local:
             assert local_started == 0
@@ -471,8 +558,15 @@ class LocalEmsMachine(RuleBasedStateMachine):
         d = self.dev[load]
         assert d.pending is not None
         on = d.pending.on
+        if not d.pending.switch:
+            # The device kept its former power: the load runs on at it.
+            self.ems.command_failed(load, on, self.now, "timeout", switch=False)
+            d.setpoint_kw = d.setpoint_before
+            d.pending = None
+            return
         self.ems.command_failed(load, on, self.now, "timeout")
         # The device kept its state: undo our record of the switch.
+        d.setpoint_kw = None  # unknown now: the next start sets it again
         d.on = not on
         d.changes.pop()
         if on:
@@ -487,6 +581,8 @@ class LocalEmsMachine(RuleBasedStateMachine):
             d = self.dev[v.id]
             assert (v.on, v.available, v.mode) == (d.on, d.available, d.mode), (v, d)
             assert v.power_kw >= 0.0
+            if d.on and self.specs[v.id].modulates:
+                assert self.ems.rt[v.id].setpoint_kw == d.setpoint_kw, (v, d)
 
     @invariant()
     def loads_on_allocation_are_covered(self) -> None:
@@ -500,7 +596,9 @@ class LocalEmsMachine(RuleBasedStateMachine):
             a = self.owner.get(v.id)
             assert a is not None, f"{v.id} runs on allocation but none chose it"
             if a is last:
-                on_last_kw += self.specs[v.id].run_kw
+                decided = self.dev[v.id].decided_kw
+                on_last_kw += decided if self.specs[v.id].modulates and decided else (
+                    self.drawn_kw(v.id))
                 continue
             started = self.last_on_s(v.id)
             held_by_guard = started is not None and t - started < self.specs[v.id].min_on_s
@@ -510,7 +608,7 @@ class LocalEmsMachine(RuleBasedStateMachine):
                 f"{v.id} runs on an allocation that ended at {a.valid_until_s} (now {t})"
             )
         if last is not None:
-            assert on_last_kw <= last.kw + TOL_KW, (on_last_kw, last)
+            assert on_last_kw <= last.kw + self.allow_import_kw + TOL_KW, (on_last_kw, last)
 
     @invariant()
     def manual_and_shed_states_are_reached_where_the_guard_allows(self) -> None:

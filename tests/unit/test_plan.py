@@ -1,32 +1,40 @@
 """``choose_loads``: the small knapsack behind an allocation (gateway/ems/plan.py).
 
 Relays switch whole loads: a chosen load draws its running power or nothing,
-so the chosen set must fit the power (never above it). Among the sets that
-fit, the docstring's order: the most power in the highest priority tier, tier
-by tier, then the nearest deadline, then the most power in all. Exact for up
-to ``EXACT_MAX`` candidates (checked here against a brute force of our own,
-in exact integer arithmetic), greedy in that order beyond.
+so the chosen set must fit the power (never above it). Modulating loads run
+at a set point: anywhere in [min, max] (continuous) or one of their steps.
+Among the plans that fit, the docstring's order: the most power in the
+highest priority tier, tier by tier, then the nearest deadline, then the most
+power in all. Exact for up to ``EXACT_MAX`` candidates (checked here against
+a brute force of our own, in exact integer arithmetic), greedy in that order
+beyond.
 """
 
 from __future__ import annotations
 
 from itertools import combinations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.ems.plan import EXACT_MAX, TOLERANCE_KW, Candidate, choose_loads
+from gateway.ems.loads import LoadSpec
+from gateway.ems.plan import EXACT_MAX, TOLERANCE_KW, Candidate, Run, candidate_of, choose_loads
 
 PROPS = settings(max_examples=200, deadline=None)
 FEWER = settings(max_examples=80, deadline=None)
 
 
-def total_kw(chosen: list[Candidate]) -> float:
+def total_kw(chosen: list[Run]) -> float:
     return sum(c.kw for c in chosen)
 
 
-def ids(chosen: list[Candidate]) -> list[str]:
+def ids(chosen: list[Run]) -> list[str]:
     return [c.id for c in chosen]
+
+
+def setpoints(chosen: list[Run]) -> dict[str, float]:
+    return {r.id: round(r.kw, 6) for r in chosen}
 
 
 # Examples ------------------------------------------------------------------------------------
@@ -263,3 +271,111 @@ def test_greedy_path_never_exceeds_the_power_and_serves_the_first_in_its_order(
         assert first_fitting.id in ids(chosen)
     else:
         assert chosen == []
+
+
+# Modulating loads ------------------------------------------------------------------------------
+
+WALLBOX_1PH = tuple(round(a * 0.23, 2) for a in range(6, 33))  # 6-32 A in 1 A steps, 230 V
+
+
+def test_a_continuous_load_runs_at_the_power_given() -> None:
+    hp = Candidate("hp", 2.0, min_kw=1.0)
+    assert setpoints(choose_loads([hp], 1.4)) == {"hp": 1.4}
+    assert setpoints(choose_loads([hp], 5.0)) == {"hp": 2.0}  # never above its max
+    assert choose_loads([hp], 0.9) == []  # never below its min
+
+
+def test_a_stepped_load_runs_at_its_largest_step_within_the_power() -> None:
+    ev = Candidate("ev", WALLBOX_1PH[-1], min_kw=WALLBOX_1PH[0], steps_kw=WALLBOX_1PH)
+    assert setpoints(choose_loads([ev], 3.0)) == {"ev": 2.99}  # 13 A
+    assert setpoints(choose_loads([ev], 1.38)) == {"ev": 1.38}
+    assert choose_loads([ev], 1.37) == []
+
+
+def test_a_whole_load_and_a_modulating_one_share_the_power() -> None:
+    wh = Candidate("wh", 2.2)
+    hp = Candidate("hp", 2.0, min_kw=1.0)
+    # 4.0 kW: the water heater whole, the heat pump on the 1.8 kW left.
+    assert setpoints(choose_loads([wh, hp], 4.0)) == {"wh": 2.2, "hp": 1.8}
+    # 3.0 kW: both cannot run (2.2 + 1.0 > 3.0); the heat pump alone gives only 2.0.
+    assert setpoints(choose_loads([wh, hp], 3.0)) == {"wh": 2.2}
+
+
+def test_the_higher_tier_is_raised_first() -> None:
+    ev = Candidate("ev", 3.7, priority=2, min_kw=1.4)
+    hp = Candidate("hp", 2.0, priority=0, min_kw=1.0)
+    # 5.0 kW: both at their minimums (2.4), then the EV up to its max, the rest to the HP.
+    assert setpoints(choose_loads([ev, hp], 5.0)) == {"ev": 3.7, "hp": 1.3}
+
+
+def test_two_stepped_loads_reach_the_best_sum_of_steps() -> None:
+    a = Candidate("a", 1.4, min_kw=1.0, steps_kw=(1.0, 1.4))
+    b = Candidate("b", 1.3, min_kw=1.0, steps_kw=(1.0, 1.3))
+    c = Candidate("c", 1.3, min_kw=1.0, steps_kw=(1.0, 1.3))
+    # 3.6 kW: 1.0 + 1.3 + 1.3 beats 1.4 + 1.0 + 1.0 (3.4).
+    assert total_kw(choose_loads([a, b, c], 3.6)) == pytest.approx(3.6)
+
+
+def test_candidate_of_a_spec_follows_its_modulation() -> None:
+    whole = LoadSpec("wh", nominal_kw=2.0, min_kw=1.5, max_kw=2.5)
+    assert candidate_of(whole) == Candidate("wh", 2.0)  # a relay: its running power only
+    hp = LoadSpec("hp", nominal_kw=1.5, min_kw=1.0, max_kw=2.0, modulation="continuous")
+    assert candidate_of(hp, 60.0) == Candidate("hp", 2.0, 0, 60.0, 1.0)
+    ev = LoadSpec("ev", nominal_kw=7.36, min_kw=1.38, max_kw=7.36, modulation="steps",
+                  steps_kw=WALLBOX_1PH, priority=1)
+    assert candidate_of(ev) == Candidate("ev", 7.36, 1, None, 1.38, WALLBOX_1PH)
+
+
+@st.composite
+def modulating_sets(draw: st.DrawFn) -> tuple[list[Candidate], int]:
+    """1-5 loads in tenths of a kW: whole, continuous [lo, hi] or steps; one priority tier."""
+    cands = []
+    for i in range(draw(st.integers(1, 5))):
+        lo = draw(st.integers(1, 30))
+        kind = draw(st.sampled_from(["whole", "continuous", "steps"]))
+        if kind == "whole":
+            cands.append(Candidate(f"l{i}", lo / 10))
+        elif kind == "continuous":
+            hi = lo + draw(st.integers(1, 20))
+            cands.append(Candidate(f"l{i}", hi / 10, min_kw=lo / 10))
+        else:
+            rises = draw(st.lists(st.integers(1, 10), min_size=1, max_size=4))
+            steps = [lo]
+            for r in rises:
+                steps.append(steps[-1] + r)
+            cands.append(Candidate(f"l{i}", steps[-1] / 10, min_kw=lo / 10,
+                                   steps_kw=tuple(t / 10 for t in steps)))
+    return cands, draw(st.integers(0, 120))
+
+
+def achievable_tenths(c: Candidate) -> set[int]:
+    """Every power (in tenths) a load can run at, brute force."""
+    if c.steps_kw:
+        return {round(t * 10) for t in c.steps_kw}
+    lo = round(c.least_kw * 10)
+    return set(range(lo, round(c.kw * 10) + 1))
+
+
+def brute_force_best_total(cands: list[Candidate], power: int) -> int:
+    """The most power (tenths) any choice of loads and set points uses within ``power``."""
+    sums = {0}
+    for c in cands:
+        sums = sums | {s + p for s in sums for p in achievable_tenths(c) if s + p <= power}
+    return max(sums)
+
+
+@PROPS
+@given(modulating_sets())
+def test_modulating_plans_use_the_most_power_that_fits(case: tuple[list[Candidate], int]) -> None:
+    cands, power = case
+    chosen = choose_loads(cands, power / 10)
+    by_id = {c.id: c for c in cands}
+    for run in chosen:
+        c = by_id[run.id]
+        # Never below a load's minimum, never a power it cannot take.
+        assert round(run.kw * 10, 6) in {float(p) for p in achievable_tenths(c)}, run
+    used = total_kw(chosen)
+    assert used <= power / 10 + TOLERANCE_KW
+    # Continuous loads in tenths are a lower bound of what they can do: the plan
+    # reaches at least the brute force over those powers.
+    assert used >= brute_force_best_total(cands, power) / 10 - 1e-6
