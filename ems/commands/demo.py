@@ -2,8 +2,10 @@
 
 Parses the options, sends the logs to a file (so they do not scroll the live
 view away), installs the Ctrl-C handler and runs ``ems.demo.runner.run_demo``
-with a live view on a terminal, plain lines otherwise. docs/demo.md tells
-what is shown.
+with a live view on a terminal, plain lines otherwise. The coordinator serves
+its operator page on 127.0.0.1 (``--web-port``, any free port by default); the
+demo prints where and, when a display is available, opens it in the user's
+browser (``--no-browser`` not to). docs/demo.md tells what is shown.
 """
 
 from __future__ import annotations
@@ -11,21 +13,35 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 import tempfile
+import threading
+import webbrowser
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
+import structlog
+
 from ems.broker import KINDS
 from ems.commands.argtypes import positive_float, positive_int
 from ems.demo.grid import DEFAULT_STRESS, parse_stress
-from ems.demo.runner import DemoError, DemoOptions, run_demo, sqlite_url
+from ems.demo.runner import (
+    DEFAULT_HOMES,
+    DEFAULT_SPEED,
+    CycleRecord,
+    DemoError,
+    DemoOptions,
+    DemoState,
+    DemoView,
+    run_demo,
+    sqlite_url,
+)
 from ems.demo.view import LiveView, PlainView
 
-DEFAULT_HOMES = 8
-DEFAULT_SPEED = 180.0
 DEFAULT_PERIOD_S = 900.0
 DEFAULT_REPLY_TIMEOUT_S = 60.0
 
@@ -48,7 +64,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--broker", choices=KINDS, default="auto",
                    help="auto: mosquitto when installed, else the in-process amqtt (default)")
     p.add_argument("--speed", type=positive_float, default=DEFAULT_SPEED,
-                   help=f"clock speed-up (default: {DEFAULT_SPEED:g}: a 900 s period every 5 s)")
+                   help=f"clock speed-up (default: {DEFAULT_SPEED:g}: a 900 s period every "
+                        f"{900 / DEFAULT_SPEED:g} s)")
     p.add_argument("--period-s", type=positive_float, default=DEFAULT_PERIOD_S,
                    help=f"cycle period in clock seconds (default: {DEFAULT_PERIOD_S:g})")
     p.add_argument("--reply-timeout-s", type=positive_float, default=DEFAULT_REPLY_TIMEOUT_S,
@@ -57,7 +74,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--start", type=_start_time, default=None, metavar="TIME",
                    help="simulated time at launch: HH:MM (today, UTC) or an ISO 8601 time "
                         "(default: today 11:00 UTC, when there is a surplus; the grid-stress "
-                        "episode comes 80-100 real seconds later; 14:30 goes straight to it)")
+                        "episode comes 2-2.5 real minutes later; 14:30 goes straight to it)")
     stress = p.add_mutually_exclusive_group()
     stress.add_argument("--stress", type=_stress_hours, default=DEFAULT_STRESS, metavar="HH-HH",
                         help="grid stress from the loopback RTE stand-in: level 3 (red) over "
@@ -78,7 +95,66 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    help="level of the log file (default: info)")
     p.add_argument("--plain", action="store_true",
                    help="one line per cycle even on a terminal (the default when not a TTY)")
+    p.add_argument("--web-port", type=_port, default=0, metavar="PORT",
+                   help="port of the operator page the coordinator serves on 127.0.0.1 "
+                        "(default: any free one; the demo prints where)")
+    p.add_argument("--no-browser", dest="browser", action="store_false",
+                   help="do not open the operator page in a browser (opened by default "
+                        "when a display is available)")
     p.set_defaults(func=run)
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port 0-65535 (0: any free one), got {text!r}")
+    return port
+
+
+def display_available(env: Mapping[str, str] | None = None, platform: str | None = None) -> bool:
+    """Whether a graphical browser can open: an X11 or Wayland display, or macOS.
+
+    Without one, ``webbrowser`` would fall back to a text browser that takes the
+    terminal away from the live view.
+    """
+    env = os.environ if env is None else env
+    platform = sys.platform if platform is None else platform
+    return platform == "darwin" or bool(env.get("DISPLAY") or env.get("WAYLAND_DISPLAY"))
+
+
+class OpensPage:
+    """A view that opens the operator page in the user's browser once it is served."""
+
+    def __init__(self, view: DemoView, opener: Callable[[str], object] = webbrowser.open) -> None:
+        self.view = view
+        self.opener = opener
+        self.opened: str | None = None
+
+    def started(self, state: DemoState) -> None:
+        self.view.started(state)
+        if state.web_url and self.opened is None:
+            self.opened = state.web_url
+            # In a thread: some browsers' launchers take a moment; the demo goes on.
+            threading.Thread(target=self._open, args=(state.web_url,), daemon=True).start()
+
+    def _open(self, url: str) -> None:
+        try:
+            self.opener(url)
+        except Exception:  # a browser that cannot start must not stop the demo
+            structlog.get_logger("ems.demo").warning("browser_not_opened", url=url,
+                                                     exc_info=True)
+
+    def refresh(self, state: DemoState) -> None:
+        self.view.refresh(state)
+
+    def cycle_closed(self, state: DemoState, record: CycleRecord) -> None:
+        self.view.cycle_closed(state, record)
+
+    def finished(self, state: DemoState) -> None:
+        self.view.finished(state)
 
 
 
@@ -155,9 +231,11 @@ def run(args: argparse.Namespace) -> int:
         state_dir=run_dir / "gateways",
         stress=args.stress,
         grid_cache=run_dir / "ecowatt-signals.json",
+        web_port=args.web_port,
     )
+    browser = args.browser and display_available()
     try:
-        asyncio.run(_main(options, live=sys.stdout.isatty() and not args.plain))
+        asyncio.run(_main(options, live=sys.stdout.isatty() and not args.plain, browser=browser))
     except DemoError as exc:
         sys.stderr.write(f"ems demo: {exc}\n(logs: {log_file})\n")
         return 1
@@ -166,11 +244,14 @@ def run(args: argparse.Namespace) -> int:
         return 130
     finally:
         log_stream.close()
-    sys.stdout.write(f"records: ems cycles --db {db} --decisions   logs: {log_file}\n")
+    day = options.resolved_start().date().isoformat()
+    sys.stdout.write(f"records: ems cycles --db {db} --decisions   logs: {log_file}\n"
+                     f"replay the day with every strategy: "
+                     f"ems replay --db {db} --day {day} --tz UTC --strategy all\n")
     return 0
 
 
-async def _main(options: DemoOptions, *, live: bool) -> None:
+async def _main(options: DemoOptions, *, live: bool, browser: bool = False) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     main = asyncio.current_task()
@@ -186,5 +267,7 @@ async def _main(options: DemoOptions, *, live: bool) -> None:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
-    view = LiveView() if live else PlainView(sys.stdout)
+    view: DemoView = LiveView() if live else PlainView(sys.stdout)
+    if browser:
+        view = OpensPage(view)
     await run_demo(options, stop=stop, view=view)

@@ -58,8 +58,15 @@ MIN_STEP_REAL_S = 0.05
 """...but not more often than this (real seconds). The meter drivers take a
 reading older than 300 clock seconds as unknown: past speed 6000 a step
 spans more than that and net loads go missing."""
-MIN_TICK_REAL_S = 0.25
-"""The meter's own periodic reports, at most this often (real seconds)."""
+MIN_TICK_REAL_S = 1.0
+"""The meter's own periodic reports, at most this often (real seconds).
+
+A real meter repeats every 30-60 s; at ×180 that would be 3 to 6 times a real
+second, and a Gen1 EM sends 17 messages each time: with 20 homes the broker
+and the shared event loop would spend their time on repeats. The meter also
+reports every change at once, and ``step`` changes it every simulated minute,
+so the gateway's reading stays fresh; 1 real second keeps the repeats within
+the drivers' 300 clock seconds up to ×300."""
 SWITCH_TICK_REAL_S = 2.0
 """The switches' periodic state reports, at most this often (real seconds).
 

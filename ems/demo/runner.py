@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import secrets
 import signal
+import socket
 import tempfile
 import time
 from collections import Counter, deque
@@ -68,8 +69,18 @@ RTE_CLIENT_ID = "ems-demo"
 ECOWATT_MIN_INTERVAL_S = 60.0
 """Clock seconds between two calls to the stand-in at least (RTE's production: 900 s real)."""
 ECOWATT_POLL_INTERVAL_S = 3600.0
-"""Clock seconds between routine calls: hourly, as against RTE (20 real seconds at ×180)."""
+"""Clock seconds between routine calls: hourly, as against RTE (30 real seconds at ×120)."""
 ECOWATT_TIMEOUT_S = 5.0
+
+
+DEFAULT_HOMES = 20
+DEFAULT_SPEED = 120.0
+"""A 900 s period every 7.5 real seconds, a 60 s reply window of 0.5 s. Measured
+with 20 homes on a busy 2-core machine (docs/demo.md, "Keeping up"): replies
+within 0.26 s (p95) on either broker, none late; at ×180 the pure-Python amqtt
+broker left a quarter of the cycles without replies in their 0.33 s window."""
+WEB_HOST = "127.0.0.1"
+"""The operator page listens on loopback only: reading it needs no token."""
 
 
 class DemoError(Exception):
@@ -81,10 +92,10 @@ class DemoOptions:
     """Everything ``ems demo`` can be told."""
 
     db_url: str
-    homes: int = 8
+    homes: int = DEFAULT_HOMES
     seed: int = 1
     broker: BrokerKind = "auto"
-    speed: float = 180.0
+    speed: float = DEFAULT_SPEED
     period_s: float = 900.0
     reply_timeout_s: float = 60.0
     start_at: datetime | None = None
@@ -100,6 +111,10 @@ class DemoOptions:
     before (``ems.demo.grid``); None: the RTE stand-in serves four calm days."""
     grid_cache: Path | None = None
     """The coordinator's Ecowatt cache file; default: in a temporary directory."""
+    web: bool = True
+    """Serve the operator page (``central.web``) from the coordinator on 127.0.0.1."""
+    web_port: int = 0
+    """Its port; 0: any free one (``DemoState.web_url`` says which)."""
 
     def resolved_start(self) -> datetime:
         if self.start_at is not None:
@@ -124,6 +139,8 @@ class CycleRecord:
     requested: bool
     decisions: list[Decision] = field(default_factory=list)
     closed: CycleClosed | None = None
+    opened_mono: float = field(default_factory=time.monotonic)
+    """When the demo saw it open (real seconds, ``time.monotonic``)."""
 
     @property
     def allocated_kw(self) -> float:
@@ -162,6 +179,8 @@ class DemoState:
     episode: Episode | None = None
     """The stress episode the RTE stand-in serves (None: ``--no-stress``)."""
     rte: RteStandIn | None = None
+    web_url: str | None = None
+    """The operator page, once the coordinator serves it (``http://127.0.0.1:PORT/``)."""
 
     def grid(self) -> GridNow | None:
         """The coordinator's grid signal now; None before RTE answered."""
@@ -176,6 +195,14 @@ class DemoState:
 
     def now(self) -> datetime | None:
         return self.clock.now() if self.clock is not None else None
+
+    def awaiting_replies(self, now_mono: float | None = None) -> bool:
+        """A cycle has asked the homes and is still open (for at most ``REPLY_QUIET_S``)."""
+        record = self.current
+        if record is None or not record.requested or record.closed is not None:
+            return False
+        now_mono = time.monotonic() if now_mono is None else now_mono
+        return now_mono - record.opened_mono < REPLY_QUIET_S
 
     def home(self, site: str) -> DemoHome | None:
         for home in self.homes:
@@ -245,7 +272,13 @@ class DemoView(Protocol):
     def finished(self, state: DemoState) -> None: ...
 
 
-VIEW_REFRESH_S = 0.25
+VIEW_REFRESH_S = 0.5
+"""How often the live view is redrawn. Drawing 20 homes takes rich about 0.1 s
+of the event loop that every gateway and the coordinator share (0.3 s on a
+busy machine), so not more often."""
+REPLY_QUIET_S = 1.0
+"""No redraw for up to this long after a request, until the cycle closes: the
+replies must not wait behind a drawing (at ×120 the reply window is 0.5 s)."""
 
 
 async def run_demo(
@@ -305,8 +338,28 @@ def _check(options: DemoOptions) -> None:
                         f"and shorter than the period ({options.period_s:g} s)")
     if options.stress is not None and not 1 <= options.stress[0] < options.stress[1] <= 24:
         problems.append(f"stress hours must satisfy 1 <= from < until <= 24, got {options.stress}")
+    if not 0 <= options.web_port <= 65535:
+        problems.append(f"the page's port must be 0 (any free one) to 65535, "
+                        f"got {options.web_port}")
     if problems:
         raise DemoError("; ".join(problems))
+    if options.web and options.web_port:
+        _check_port(options.web_port)
+
+
+def _check_port(port: int) -> None:
+    """Fail at once, and clearly, when the port asked for the page is taken.
+
+    The coordinator's web server only logs a port it cannot bind (a page must not
+    stop a production coordinator); the demo's user asked for this one.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((WEB_HOST, port))
+        except OSError as exc:
+            raise DemoError(f"cannot serve the operator page on {WEB_HOST}:{port}: "
+                            f"{exc.strerror or exc}") from exc
 
 
 def _start_broker(broker: EmbeddedBroker) -> None:
@@ -379,6 +432,7 @@ async def _run(
                      "min_interval_s": ECOWATT_MIN_INTERVAL_S,
                      "poll_interval_s": ECOWATT_POLL_INTERVAL_S,
                      "timeout_s": ECOWATT_TIMEOUT_S, "cache_path": str(grid_cache)},
+            web={"enabled": options.web, "host": WEB_HOST, "port": options.web_port},
         )
         coordinator = Coordinator(settings, clock)
         state_dir = options.state_dir or (tmp or Path()) / "gateways"
@@ -429,6 +483,10 @@ async def _supervise(
     async with asyncio.TaskGroup() as tg:
         coord_task = tg.create_task(coordinator.run(coord_stop), name="coordinator")
         await _until_ready(coordinator.wait_ready(), coord_task, "the coordinator")
+        if coordinator.web is not None:
+            await _until_ready(coordinator.web.started.wait(), coord_task,
+                               "the operator page")
+            state.web_url = f"http://{WEB_HOST}:{coordinator.web.port}/"
         try:
             # The devices first: a gateway asks its devices for their state at start.
             await _start_devices(homes)
@@ -538,7 +596,8 @@ async def _settle(state: DemoState) -> None:
 
 async def _refresh(view: DemoView, state: DemoState) -> None:
     while True:
-        view.refresh(state)
+        if not state.awaiting_replies():
+            view.refresh(state)
         await asyncio.sleep(VIEW_REFRESH_S)
 
 

@@ -32,6 +32,9 @@ from ems.demo.runner import CycleRecord, DemoState
 from runtime.clock import next_boundary
 
 HISTORY_ROWS = 10
+UNDECIDED_ROWS = 3
+"""Homes that got nothing (late, or offering 0 kW) listed one by one up to this many,
+else on one line each kind, so that a large community's homes stay on screen."""
 SIDE_BY_SIDE_WIDTH = 140
 _KIND_SHORT = {"water_heater": "WH", "ev_charger": "EV", "heat_pump": "HP",
                "battery": "BAT", "generic": "load"}
@@ -141,6 +144,11 @@ def episode_line(state: DemoState) -> str:
 
 # The live view's parts -----------------------------------------------------------
 
+def page_line(state: DemoState) -> str | None:
+    """``Operator page: http://127.0.0.1:PORT/``, once the coordinator serves it."""
+    return f"Operator page: {state.web_url}" if state.web_url else None
+
+
 def _header(state: DemoState) -> Text:
     o = state.options
     now = state.now()
@@ -148,6 +156,11 @@ def _header(state: DemoState) -> Text:
     text.append("ems demo", style="bold")
     text.append(f"  community {o.community} · {len(state.homes)} homes · "
                 f"broker {state.broker_kind} {state.broker_url} · speed ×{o.speed:g}\n")
+    page = page_line(state)
+    if page:
+        text.append(page, style="bold reverse cyan")
+        text.append("  (the coordinator's own page: live cycle, sites, grid signal)\n",
+                    style="dim")
     if now is None:
         return text
     text.append("simulated time ", style="dim")
@@ -247,18 +260,31 @@ def allocation_table(state: DemoState, record: CycleRecord | None) -> Table:
     if record is None:
         return table
     decided = set()
-    for d in sorted(record.decisions, key=lambda d: d.rank):
+    decisions = sorted(record.decisions, key=lambda d: d.rank)
+    # Homes with nothing to offer still reply (0 kW); many of them fold into one line.
+    idle = [d for d in decisions if d.flex_kw <= 0 and d.alloc_kw <= 0]
+    fold = len(idle) > UNDECIDED_ROWS
+    for d in decisions:
         decided.add(d.site)
+        if fold and d in idle:
+            continue
         loads, unused = _loads_on(state.home(d.site), record.cycle_id)
         style = "" if d.alloc_kw > 0 else "dim"
         table.add_row(str(d.rank), d.site, _kw(d.flex_kw), _kw(d.alloc_kw),
                       f"{d.elapsed_s:.1f}", loads, unused, style=style)
+    if fold:
+        table.add_row("-", f"{len(idle)} homes", _kw(0.0), _kw(0.0), "-", "offered nothing", "",
+                      style="dim")
     if record.requested:
         # FIFO: once the surplus is handed out, later replies get nothing.
         why = "nothing left" if record.closed and record.closed.reason == "exhausted" else "-"
-        for home in state.homes:
-            if home.site not in decided:
-                table.add_row("-", home.site, "-", "-", "-", why, "", style="dim")
+        left = [home.site for home in state.homes if home.site not in decided]
+        if len(left) > UNDECIDED_ROWS:
+            # A large community: one line for them, so the homes below stay on screen.
+            table.add_row("-", f"{len(left)} homes", "-", "-", "-", why, "", style="dim")
+        else:
+            for site in left:
+                table.add_row("-", site, "-", "-", "-", why, "", style="dim")
     return table
 
 
@@ -383,7 +409,9 @@ class LiveView:
             self._live.update(self._render(state), refresh=True)
 
     def cycle_closed(self, state: DemoState, record: CycleRecord) -> None:
-        self.refresh(state)
+        # Called inside the coordinator's close: drawing here would hold it up.
+        # The refresh task shows the closed cycle within VIEW_REFRESH_S.
+        pass
 
     def _render(self, state: DemoState) -> RenderableType:
         return render(state, self.console.width)
@@ -409,6 +437,9 @@ class PlainView:
 
     def started(self, state: DemoState) -> None:
         self._line(started_line(state))
+        page = page_line(state)
+        if page:
+            self._line(page)
 
     def refresh(self, state: DemoState) -> None:
         self._grid_changed(state)

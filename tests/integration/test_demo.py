@@ -23,6 +23,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import paho.mqtt.client as mqtt
 import pytest
 import structlog
@@ -31,12 +32,20 @@ from rich.console import Console
 
 from central.recorder import Recorder
 from ems.broker import BrokerKind, EmbeddedBroker, find_mosquitto
+from ems.commands.demo import OpensPage, display_available
 from ems.demo.grid import PARIS, Episode, episode_for, parse_stress, stand_in_signals
 from ems.demo.home import DemoHome
 from ems.demo.physics import RESTART_KWH, Appliance
 from ems.demo.plan import ApplianceSpec, gateway_sections, make_homes
 from ems.demo.profiles import sun_factor
-from ems.demo.runner import DemoOptions, DemoState, default_start, run_demo
+from ems.demo.runner import (
+    CycleRecord,
+    DemoError,
+    DemoOptions,
+    DemoState,
+    default_start,
+    run_demo,
+)
 from ems.demo.view import PlainView, render
 from gateway.config import load_gateway_settings
 from gateway.sim.shelly import SimShellyGen1Plug, SimShellyGen2Switch
@@ -139,6 +148,41 @@ def _switched_on_at_device(home: DemoHome, appliance: ApplianceSpec) -> bool:
                for c in home.board.calls)
 
 
+class PageReader:
+    """A view that reads the operator page over 127.0.0.1 while the demo runs.
+
+    After the first closed cycle it asks ``GET /`` and ``GET /api/community``
+    from the coordinator's own web server, in the demo's event loop (the
+    server runs in it too), and keeps the answers for the test.
+    """
+
+    def __init__(self) -> None:
+        self.url: str | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.page: httpx.Response | None = None
+        self.community: dict[str, Any] = {}
+        self.cycle_seen: str | None = None
+
+    def started(self, state: DemoState) -> None:
+        self.url = state.web_url
+
+    def refresh(self, state: DemoState) -> None:
+        pass
+
+    def cycle_closed(self, state: DemoState, record: CycleRecord) -> None:
+        if self.task is None and self.url is not None:
+            self.cycle_seen = record.cycle_id
+            self.task = asyncio.get_running_loop().create_task(self._read(self.url))
+
+    async def _read(self, url: str) -> None:
+        async with httpx.AsyncClient(base_url=url, timeout=10.0) as client:
+            self.page = await client.get("/")
+            self.community = (await client.get("/api/community")).json()
+
+    def finished(self, state: DemoState) -> None:
+        pass
+
+
 @pytest.mark.integration
 def test_demo_runs_real_gateways_end_to_end(broker: EmbeddedBroker, tmp_path: Path) -> None:
     db_url = f"sqlite:///{tmp_path / 'demo.sqlite'}"
@@ -147,15 +191,26 @@ def test_demo_runs_real_gateways_end_to_end(broker: EmbeddedBroker, tmp_path: Pa
                           state_dir=tmp_path / "gateways")
     topics = Topics(COMMUNITY)
     observer = Observer(broker)
+    reader = PageReader()
     logs: list[MutableMapping[str, Any]] = []
     try:
         with structlog.testing.capture_logs() as captured:
             logs = captured
-            state = _run(options, broker)
+            state = _run(options, broker, reader)
     finally:
         observer.close()
         # Shown by pytest only when the test fails.
         print("\n".join(str(event) for event in logs[-80:]))
+
+    # The operator page, served by the coordinator on loopback, answered during the demo.
+    assert state.web_url is not None and state.web_url.startswith("http://127.0.0.1:")
+    assert reader.task is not None and reader.task.done() and reader.task.exception() is None
+    assert reader.page is not None and reader.page.status_code == 200
+    assert "text/html" in reader.page.headers["content-type"]
+    community = reader.community
+    assert community["community"] == COMMUNITY and community["strategy"] == "fifo"
+    assert community["sites_online"] == 8
+    assert community["cycle"]["cycle"] >= str(reader.cycle_seen)
 
     # Cycles: three closed, stopped because of --cycles, the first at 11:15 with a surplus.
     assert state.stopping == "cycles"
@@ -240,10 +295,14 @@ def test_demo_runs_real_gateways_end_to_end(broker: EmbeddedBroker, tmp_path: Pa
 
 @pytest.mark.integration
 def test_demo_command_plain_output(tmp_path: Path) -> None:
-    """``python -m ems demo --cycles 2 --broker amqtt`` as an operator runs it, output not a TTY."""
+    """``python -m ems demo --cycles 2 --broker amqtt`` as an operator runs it (6 homes at
+    twice the default speed to keep it short), output not a TTY, no display (no browser)."""
     env = {**os.environ, "TMPDIR": str(tmp_path), "PYTHONUNBUFFERED": "1"}
+    for name in ("DISPLAY", "WAYLAND_DISPLAY"):
+        env.pop(name, None)
     proc = subprocess.run(
-        [sys.executable, "-m", "ems", "demo", "--cycles", "2", "--broker", "amqtt"],
+        [sys.executable, "-m", "ems", "demo", "--cycles", "2", "--broker", "amqtt",
+         "--homes", "6", "--speed", "360"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=90, check=False,
     )
     assert proc.returncode == 0, proc.stderr
@@ -253,9 +312,12 @@ def test_demo_command_plain_output(tmp_path: Path) -> None:
     assert len(cycles) == 2, proc.stdout
     # The RTE stand-in's episode is announced; its calm noon hour shows once RTE answered.
     assert "grid stress (RTE stand-in): " in lines[0] and "level 3 18:00-20:00 Paris" in lines[0]
+    assert lines[0].startswith("demo: 6 homes, broker amqtt")
+    # Where the operator page is, on a line of its own.
+    assert lines[1].startswith("Operator page: http://127.0.0.1:") and lines[1].endswith("/")
     assert any(line.startswith("grid ") and ": level 1 (green)" in line for line in lines), lines
-    # 11:15 UTC has a surplus: a request went out (at speed 180 the 60 s reply
-    # window is a third of a real second: on a loaded machine it may close on deadline).
+    # 11:15 UTC has a surplus: a request went out (at speed 360 the 60 s reply
+    # window is a sixth of a real second: on a loaded machine it may close on deadline).
     assert "close no_surplus" not in cycles[0]
     assert any(line.startswith("demo: stopped (cycles) after 2 cycles") for line in lines)
     # The records stay for `ems cycles --db`, the gateways' state next to them.
@@ -266,6 +328,17 @@ def test_demo_command_plain_output(tmp_path: Path) -> None:
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=30, check=True,
     )
     assert len(json.loads(shown.stdout)) == 2
+    # The replay line it prints works, and FIFO replayed over FIFO's records changes nothing.
+    (hint,) = [line for line in lines if "ems replay --db" in line]
+    replay_args = hint.split("ems replay ", 1)[1].replace("--strategy all", "--strategy fifo")
+    replayed = subprocess.run(
+        [sys.executable, "-m", "ems", "replay", *replay_args.split(), "--json"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60, check=True,
+    )
+    result = json.loads(replayed.stdout)
+    assert result["recorded"]["metrics"]["cycles"] == 2
+    assert result["replays"]["fifo"]["allocations_changed"] == 0
+    assert result["recorded"]["allocations_without_loads"] == 0  # the gateways list their loads
 
 
 STRESS_SPEED = 720.0  # a 900 s period every 1.25 s: 16:40 to 20:15 in about 18 s
@@ -360,6 +433,7 @@ def test_demo_grid_stress_episode_sheds_and_restores(tmp_path: Path) -> None:
     assert {"preheat", "shed"} <= view.reasons, view.reasons
     (screen,) = view.rendered
     assert "grid level 3 red" in screen and "111111111111111112331111" in screen, screen
+    assert f"Operator page: {state.web_url}" in screen, screen
     assert "off shed" in screen, screen
 
     # The plain output says when the level changes.
@@ -444,3 +518,45 @@ def test_a_thermostat_stops_when_full_and_restarts_after_hot_water_is_drawn() ->
                                  departure_h=17.0), need_kwh=10.0)
     assert not ev.advance(NOON, 0.1, drawn_kw=2.3) and ev.advance(
         NOON.replace(hour=18), 0.1, drawn_kw=0.0)  # gone: the charger draws nothing
+
+
+# The operator page in a browser, and a port taken (no broker) ----------------------------
+
+def test_a_browser_opens_the_page_only_with_a_display() -> None:
+    assert display_available({"DISPLAY": ":0"}, "linux")
+    assert display_available({"WAYLAND_DISPLAY": "wayland-0"}, "linux")
+    assert display_available({}, "darwin")
+    assert not display_available({}, "linux")
+    assert not display_available({"DISPLAY": ""}, "linux")
+
+    opened: list[str] = []
+    done = threading.Event()
+
+    def browser(url: str) -> bool:
+        opened.append(url)
+        done.set()
+        return True
+
+    inner = PlainView(io.StringIO())
+    view = OpensPage(inner, opener=browser)
+    state = DemoState(DemoOptions(db_url="sqlite:///unused.sqlite"))
+    state.web_url = "http://127.0.0.1:8765/"
+    view.started(state)
+    view.started(state)  # once only
+    assert done.wait(5)
+    assert opened == ["http://127.0.0.1:8765/"]
+    assert "Operator page: http://127.0.0.1:8765/" in inner.stream.getvalue()  # type: ignore[attr-defined]
+
+
+def test_a_port_taken_for_the_page_is_a_clear_error(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        options = DemoOptions(db_url=f"sqlite:///{tmp_path / 'demo.sqlite'}", web_port=port)
+        with pytest.raises(DemoError, match=f"cannot serve the operator page on 127.0.0.1:{port}"):
+            asyncio.run(run_demo(options))
+    with pytest.raises(DemoError, match="port must be 0"):
+        asyncio.run(run_demo(DemoOptions(db_url="sqlite:///x.sqlite", web_port=70000)))
