@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -32,13 +33,17 @@ from central import __version__
 from central.bus import MqttBus
 from central.config import CentralSettings
 from central.core import Cycle, Offer, SiteBook, Step, get_strategy
-from central.core.cycle import LoadOffer
+from central.core.cycle import EPSILON_KW, LoadOffer
+from central.core.flood import Admission, FloodGuard, Transition, Verdict
+from central.core.grid import MAX_OVERRIDE_AHEAD_DAYS
+from central.core.shadow import ShadowInputs, ShadowRecord
 from central.core.strategy import StrategyState
 from central.ecowatt.service import GridService, RecorderOverrides
 from central.errors import RecorderError
 from central.gcpolicy import CycleGc
 from central.recorder import Recorder, ReplyRow, StoredCycle
 from central.resume import rebuild
+from central.shadow import ShadowService, state_key
 from protocol import (
     AdminSignalSet,
     CoordinatorStatus,
@@ -46,6 +51,7 @@ from protocol import (
     CycleRequest,
     Flex,
     Limits,
+    LoadState,
     NetLoad,
     Rejection,
     Report,
@@ -55,8 +61,10 @@ from protocol import (
     encode,
     encode_alloc,
     format_utc,
+    is_valid_id,
 )
 from protocol.models import Ack
+from protocol.rejections import RejectionLog
 from protocol.topics import TopicKind
 from runtime.clock import Clock, next_boundary
 
@@ -65,6 +73,11 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 BURST_MAX = 20_000
+# Strategies that decide every reply on arrival, in microseconds: their core calls
+# run on the event loop (the 100k-reply hot path). Every other strategy may solve
+# (milp, window) or split a whole cycle at once: its core calls run on the solver
+# thread, so the loop keeps receiving and queueing replies meanwhile.
+DECIDES_ON_ARRIVAL = frozenset({"fifo", "fifo_min_power"})
 
 
 @dataclass(slots=True)
@@ -80,25 +93,42 @@ class OpenCycle:
     valid_until: str
     timer: asyncio.TimerHandle | None = None
     wakeup_s: float | None = None
+    accepted: list[Offer] | None = None  # shadow mode: the replies accepted, in order
 
 
 @dataclass
 class Stats:
-    """Counters of everything the coordinator received, refused and sent."""
+    """Counters of everything the coordinator received, refused and sent.
+
+    Each message received is counted once: ``accepted`` (by kind), ``rejected``
+    (by reason, with the rate limit of their log lines) or ``ignored["not_handled"]``.
+    An accepted reply may then be ``ignored`` by the cycle (stale, duplicate...).
+    ``errors`` counts bursts that raised: a bug, logged with its traceback.
+    """
 
     received: int = 0
-    rejected: Counter[str] = field(default_factory=Counter)
+    rejections: RejectionLog = field(default_factory=RejectionLog)
+    accepted: Counter[str] = field(default_factory=Counter)
     ignored: Counter[str] = field(default_factory=Counter)
     cycles: int = 0
     allocations: int = 0
+    errors: int = 0
+
+    @property
+    def rejected(self) -> Counter[str]:
+        """Refused messages by reason (``docs/reliability.md``, "Hostile input")."""
+        return self.rejections.counts
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "received": self.received,
+            "accepted": dict(self.accepted),
             "rejected": dict(self.rejected),
             "ignored": dict(self.ignored),
             "cycles": self.cycles,
             "allocations": self.allocations,
+            "errors": self.errors,
+            "log_lines_suppressed": self.rejections.suppressed_total,
         }
 
 
@@ -124,6 +154,11 @@ class Coordinator:
         # Carried across restarts (e.g. fair_rotation's ledger): saved after each cycle.
         self.strategy_state: StrategyState = self.recorder.load_strategy_state(self.strategy.name)
         self._db_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recorder")
+        # Core calls that may solve run here, one at a time, still in the consumer's order.
+        self._solver_thread = (
+            None if self.strategy.name in DECIDES_ON_ARRIVAL
+            else ThreadPoolExecutor(max_workers=1, thread_name_prefix="solver")
+        )
         self.epoch = self.recorder.next_epoch()
         self.log = structlog.get_logger("central").bind(community=self.community)
         status_topic = self.topics.coordinator_status()
@@ -134,7 +169,13 @@ class Coordinator:
             will=(status_topic, offline, True),
         )
         self.queue: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
-        self.stats = Stats()
+        flood = settings.flood
+        self.stats = Stats(rejections=RejectionLog(flood.log_interval_s))
+        # Per-site flood control (central/core/flood.py); replies the cycle ignores
+        # are logged at the same rate as refusals.
+        self.flood: FloodGuard | None = FloodGuard(flood.policy()) if flood.enabled else None
+        self._ignored_log = RejectionLog(flood.log_interval_s)
+        self._site_prefix = f"{self.topics.base}/site/"
         self._gc = CycleGc()
         self._reports: list[tuple[str, Report, datetime]] = []
         self.current: OpenCycle | None = None
@@ -148,12 +189,21 @@ class Coordinator:
             publish=self.bus.publish,
             store=RecorderOverrides(self.recorder, self._db),
         )
+        # Shadow mode: the [cycle] shadow strategies scored after each cycle, off the loop.
+        self.shadow: ShadowService | None = None
+        if settings.cycle.shadow:
+            self.shadow = ShadowService.build(
+                settings.cycle.shadow, settings.cycle.shadow_options_of,
+                self.recorder.load_strategy_state, self._persist_shadow, self._notify,
+                self.log.bind(component="shadow"),
+            )
         # The operator's page and API (central/web), a task of run() when enabled.
         self.web: WebServer | None = self._build_web() if settings.web.enabled else None
 
     # Public --------------------------------------------------------------------
     def add_listener(self, listener: Callable[[str, Any], None]) -> None:
-        """Called with ``(event, data)`` for ``cycle_opened``, ``allocations``, ``cycle_closed``."""
+        """Called with ``(event, data)`` for ``cycle_opened``, ``allocations``, ``cycle_closed``
+        (and ``load_state``, ``(site, load, LoadState, received_at)``, with the web page)."""
         self._listeners.append(listener)
 
     async def wait_ready(self) -> None:
@@ -164,8 +214,14 @@ class Coordinator:
         # First in the queue, before any reply: carry on with a cycle a killed run left open.
         self.queue.put_nowait(("resume",))
         self.bus.set_sink(self._enqueue_message)
+        # A broker that restarted may have lost the retained status (kill -9).
+        self.bus.on_reconnect = lambda: self._publish_status("online")
         await self.bus.connect()
-        self.bus.subscribe(self.topics.coordinator_subscriptions())
+        subscriptions = self.topics.coordinator_subscriptions()
+        if self.web is not None:
+            # The page's relay view (GET /api/get_relays_state): the retained load states.
+            subscriptions.append(self.topics.load_state("+", "+"))
+        self.bus.subscribe(subscriptions)
         self._publish_status("online")
         self.log.info(
             "coordinator_started",
@@ -180,11 +236,17 @@ class Coordinator:
                 consumer = tg.create_task(self._consume(), name="consumer")
                 scheduler = tg.create_task(self._schedule(), name="scheduler")
                 grid = tg.create_task(self._run_grid(), name="grid")
+                shadow = (
+                    tg.create_task(self.shadow.run(), name="shadow")
+                    if self.shadow is not None else None
+                )
                 if self.web is not None:
                     tg.create_task(self.web.serve(), name="web")  # logs its failures itself
                 await stop.wait()
                 scheduler.cancel()
                 grid.cancel()
+                if shadow is not None:
+                    shadow.cancel()
                 if self.web is not None:
                     self.web.stop()
                 # Let the consumer finish what is queued, then stop it.
@@ -212,8 +274,22 @@ class Coordinator:
             self.log.exception("grid_service_failed")
 
     # MQTT side -----------------------------------------------------------------
-    def _enqueue_message(self, topic: str, payload: bytes) -> None:
-        self.queue.put_nowait(("m", topic, payload, time.monotonic()))
+    def _enqueue_message(self, topic: str, payload: bytes, arrived: float | None = None) -> None:
+        arrived = time.monotonic() if arrived is None else arrived
+        if self.flood is not None and topic.startswith(self._site_prefix):
+            # Flood control here, before the queue: a flood's excess never sits in
+            # front of the other sites' replies (bench/fuzz/flood.py measures it).
+            # Only the site is read; the consumer parses the whole topic.
+            site = topic[len(self._site_prefix):].partition("/")[0]
+            if is_valid_id(site) and self.sites.knows(site):
+                admission = self.flood.admit(site, arrived)
+                if (admission.verdict is not Verdict.ADMIT or admission.transition is not None) \
+                        and not self._flood_verdict(topic, payload, site, admission, arrived):
+                    self.stats.received += 1
+                    return
+                self.queue.put_nowait(("m", topic, payload, arrived, True))
+                return
+        self.queue.put_nowait(("m", topic, payload, arrived))
 
     # Scheduler -----------------------------------------------------------------
     async def _schedule(self) -> None:
@@ -241,6 +317,7 @@ class Coordinator:
                 await self._handle_batch(batch)
             except Exception:
                 # Nothing crashes the service: log with context and go on.
+                self.stats.errors += 1
                 self.log.exception("batch_failed", size=len(batch))
             finally:
                 for _ in batch:
@@ -252,7 +329,7 @@ class Coordinator:
             kind = item[0]
             if kind == "m":
                 self.stats.received += 1
-                offer = self._handle_message(item[1], item[2], item[3])
+                offer = self._handle_message(item[1], item[2], item[3], len(item) > 4)
                 if offer is not None:
                     offers.append(offer)
                 continue
@@ -271,21 +348,47 @@ class Coordinator:
         for site, report, received_at in reports:
             await self._record_report(site, report, received_at)
 
-    def _handle_message(self, topic: str, payload: bytes, arrived: float) -> Offer | None:
+    def _handle_message(
+        self, topic: str, payload: bytes, arrived: float, admitted: bool = False
+    ) -> Offer | None:
+        """Handle one message: counted once, accepted (by kind) or refused (by reason).
+
+        ``admitted``: flood control already let it through (``_enqueue_message``).
+        """
         route = self.topics.parse(topic)
         if route is None:
-            self._reject(topic, payload, Rejection("unknown_topic", "not a contract topic"))
+            self._reject(topic, payload, Rejection("unknown_topic", "not a contract topic"),
+                         arrived)
             return None
-        if route.site is not None and not self.sites.knows(route.site):
-            self._reject(topic, payload, Rejection("unknown_site", f"site {route.site!r}"))
-            return None
+        if route.site is not None:
+            if not self.sites.knows(route.site):
+                self._reject(topic, payload, Rejection("unknown_site", f"site {route.site!r}",
+                                                       site=route.site), arrived)
+                return None
+            if self.flood is not None and not admitted:
+                # Before decoding: a flood's excess costs a dict lookup, not a parse.
+                admission = self.flood.admit(route.site, arrived)
+                if (admission.verdict is not Verdict.ADMIT or admission.transition is not None) \
+                        and not self._flood_verdict(topic, payload, route.site, admission, arrived):
+                    return None
         if route.kind not in _HANDLED:
             # Our own publications echoed back, or topics for later features.
+            self.stats.ignored["not_handled"] += 1
             return None
         msg = decode(route, payload, self.limits)
         if isinstance(msg, Rejection):
-            self._reject(topic, payload, msg)
+            self._reject(topic, payload, msg, arrived)
             return None
+        if isinstance(msg, AdminSignalSet):
+            # The grid service refuses what it cannot apply; a day its hour
+            # arithmetic cannot even represent (year 1, 9999) is refused here.
+            today = self.clock.now().date()
+            if abs((msg.day - today).days) > MAX_OVERRIDE_AHEAD_DAYS + 2:
+                self._reject(topic, payload, Rejection(
+                    "out_of_range", f"day {msg.day.isoformat()} is too far from today",
+                    route.kind), arrived)
+                return None
+        self.stats.accepted[route.kind.value] += 1
         site = route.site
         if isinstance(msg, Flex):
             assert site is not None
@@ -312,6 +415,9 @@ class Coordinator:
             self.log.info("admin_signal_received", day=msg.day.isoformat(), hour=msg.hour,
                           level=msg.level)
             self.grid.submit(msg)
+        elif isinstance(msg, LoadState):
+            assert site is not None and route.load is not None
+            self._notify("load_state", (site, route.load, msg, now))
         return None
 
     def _offer_of(self, site: str, msg: Flex, arrived: float) -> Offer:
@@ -338,19 +444,91 @@ class Coordinator:
     def clock_seconds(self, real_s: float) -> float:
         return real_s * getattr(self.clock, "speed", 1.0)
 
-    def _reject(self, topic: str, payload: bytes, why: Rejection) -> None:
-        self.stats.rejected[why.reason] += 1
+    def _reject(
+        self, topic: str, payload: bytes, why: Rejection, arrived: float | None = None
+    ) -> None:
+        """Count a refused message under its reason; log it, at most one line per site
+        and reason per ``[flood] log_interval_s``, with the number suppressed since."""
+        now_s = time.monotonic() if arrived is None else arrived
+        line = self.stats.rejections.note(why.reason, why.site, now_s)
+        if line is None:
+            return
         self.log.warning(
             "payload_rejected",
-            topic=topic,
+            topic=topic[:200],
             reason=why.reason,
             detail=why.detail,
-            site=why.site,
+            site=line.source,
+            suppressed=line.suppressed,
             excerpt=payload[:120].decode("utf-8", "replace"),
         )
 
+    def _flood_verdict(
+        self, topic: str, payload: bytes, site: str, admission: Admission, arrived: float
+    ) -> bool:
+        """Act on a flood verdict; True when the message goes on to be decoded."""
+        if admission.transition is Transition.RELEASED:
+            self.sites.set_quarantine(site, None)
+            self.log.info("site_released", site=site)
+        elif admission.transition is Transition.QUARANTINED:
+            assert self.flood is not None
+            policy = self.flood.policy
+            until = self.clock.now() + timedelta(seconds=self.clock_seconds(policy.quarantine_s))
+            self.sites.set_quarantine(site, until)
+            self.log.warning("site_quarantined", site=site, until=format_utc(until),
+                             dropped=self.flood.dropped(site),
+                             rate_per_s=policy.rate_per_s, burst=policy.burst)
+        if admission.verdict is Verdict.ADMIT:
+            return True
+        # The hot path of a flood: count, and build the log line only when it is due.
+        reason = _FLOOD_REASONS[admission.verdict]
+        line = self.stats.rejections.note(reason, site, arrived)
+        if line is not None:
+            self.log.warning("payload_rejected", topic=topic[:200], reason=reason,
+                             detail="per-site flood control", site=line.source,
+                             suppressed=line.suppressed,
+                             excerpt=payload[:120].decode("utf-8", "replace"))
+        return False
+
+    def log_suppressed(self, now_s: float | None = None) -> None:
+        """One line per (site, reason) whose refusals went unlogged for an interval."""
+        now_s = time.monotonic() if now_s is None else now_s
+        for book, event in ((self.stats.rejections, "payload_rejected_suppressed"),
+                            (self._ignored_log, "reply_ignored_suppressed")):
+            for due in book.due(now_s):
+                self.log.warning(event, site=due.source, reason=due.reason, count=due.count)
+
+    def health(self) -> dict[str, Any]:
+        """What ``GET /api/health`` shows: alive, counters by reason, quarantined sites."""
+        now = self.clock.now()
+        quarantined = {
+            rec.site: format_utc(rec.quarantined_until)
+            for rec in self.sites.records()
+            if rec.quarantined_until is not None and rec.quarantined(now)
+        }
+        return {
+            "status": "ok",
+            "community": self.community,
+            "epoch": self.epoch,
+            "now": format_utc(now),
+            "queue": self.queue.qsize(),
+            "mqtt_connected": self.bus.connected,
+            "callback_errors": self.bus.callback_errors,
+            **self.stats.as_dict(),
+            "rejections": self.stats.rejections.as_dict(),
+            "quarantined": quarantined,
+            "flood": None if self.flood is None else {
+                "rate_per_s": self.flood.policy.rate_per_s,
+                "burst": self.flood.policy.burst,
+                "quarantine_after": self.flood.policy.quarantine_after,
+                "quarantine_window_s": self.flood.policy.quarantine_window_s,
+                "quarantine_s": self.flood.policy.quarantine_s,
+            },
+        }
+
     # Cycles --------------------------------------------------------------------
     async def _open_cycle(self, period_start: datetime) -> None:
+        self.log_suppressed()  # what a flood left unlogged, once a period
         cycle_id = format_utc(period_start)
         current = self.current
         if current is not None and current.cycle_id == cycle_id and not current.cycle.closed:
@@ -358,7 +536,7 @@ class Coordinator:
             return
         if current is not None and not current.cycle.closed:
             # A cycle never outlives its period (reply_timeout_s < period_s).
-            await self._apply_step(current, current.cycle.close("deadline"))
+            await self._apply_step(current, await self._core(current.cycle.close, "deadline"))
         # One cycle id is one run: never open a recorded cycle again over its records.
         stored = await self._db(self.recorder.stored_cycle, cycle_id)
         if stored is not None:
@@ -373,6 +551,11 @@ class Coordinator:
         view = self.sites.surplus(now, cfg.netload_age_s)
         surplus_kw = round(view.surplus_kw, 6)
         online = self.sites.online_sites()
+        if self.flood is not None:
+            # A quarantined site's reply would be dropped: it is not waited for.
+            held = [s for s in self.flood.held() if (rec := self.sites.get(s)) is not None
+                    and rec.quarantined(now)]
+            online = online.difference(held)
         period_end = period_start + timedelta(seconds=cfg.period_s)
         reply_by = now + timedelta(seconds=cfg.reply_timeout_s)
         cycle, step = Cycle.open(
@@ -385,7 +568,7 @@ class Coordinator:
         )
         oc = OpenCycle(
             cycle, period_start, period_end, reply_by, time.monotonic(), cycle_id,
-            format_utc(period_end),
+            format_utc(period_end), accepted=[] if self.shadow is not None else None,
         )
         # The cycle's inputs first: a restarted coordinator resumes from them (_resume).
         created = await self._db(
@@ -463,10 +646,10 @@ class Coordinator:
             why_closed = "sites_not_recorded"
         replies = await self._db(self.recorder.accepted_replies, stored.cycle)
         decisions = await self._db(self.recorder.decisions, stored.cycle)
-        rebuilt = rebuild(
-            stored, replies, decisions, self.strategy, self.strategy_state,
+        rebuilt = await self._core(functools.partial(
+            rebuild, stored, replies, decisions, self.strategy, self.strategy_state,
             frozen=why_closed is not None, default_deadline_s=cfg.reply_timeout_s,
-        )
+        ))
         if rebuilt.mismatched:
             # Republished as stored anyway; the replay only rebuilds the state.
             log.warning("resume_replay_mismatch", sites=rebuilt.mismatched[:20],
@@ -513,15 +696,22 @@ class Coordinator:
         if current is None:
             self.stats.ignored["no_cycle"] += len(offers)
             return
-        step = current.cycle.offer_many(offers)
+        step = await self._core(current.cycle.offer_many, offers)
         ignored = {id(i.offer): i.reason for i in step.ignored}
+        if current.accepted is not None:
+            current.accepted.extend(o for o in offers if id(o) not in ignored)
         rows = [
-            ReplyRow(o.site, o.elapsed_s, o.flex_kw, ignored.get(id(o), "accepted")) for o in offers
+            ReplyRow(o.site, o.elapsed_s, o.flex_kw, ignored.get(id(o), "accepted"), o.loads)
+            for o in offers
         ]
+        now_s = time.monotonic()
         for i in step.ignored:
             self.stats.ignored[i.reason] += 1
-            self.log.info("reply_ignored", site=i.offer.site, reason=i.reason,
-                          cycle=current.cycle_id)
+            # A site repeating a reply a thousand times gets one line an interval.
+            line = self._ignored_log.note(i.reason, i.offer.site, now_s)
+            if line is not None:
+                self.log.info("reply_ignored", site=line.source, reason=i.reason,
+                              cycle=current.cycle_id, suppressed=line.suppressed)
         await self._apply_step(current, step, rows)
 
     async def _tick(self, cycle_id: str) -> None:
@@ -531,7 +721,7 @@ class Coordinator:
         current.timer = None
         current.wakeup_s = None
         elapsed = self.clock_seconds(time.monotonic() - current.request_mono)
-        await self._apply_step(current, current.cycle.tick(elapsed))
+        await self._apply_step(current, await self._core(current.cycle.tick, elapsed))
 
     async def _apply_step(
         self, oc: OpenCycle, step: Step, rows: list[ReplyRow] | None = None
@@ -611,13 +801,42 @@ class Coordinator:
             elapsed_s=round(self.clock_seconds(time.monotonic() - oc.request_mono), 3),
         )
         self._notify("cycle_closed", (oc, closed))
+        if self.shadow is not None and oc.accepted is not None:
+            self._submit_shadow(oc)
+
+    def _submit_shadow(self, oc: OpenCycle) -> None:
+        """Hand the closed cycle to shadow mode (after cycle/closed: it never delays it)."""
+        assert self.shadow is not None and oc.accepted is not None
+        context = oc.cycle.context
+        if not context.surplus_kw > EPSILON_KW:
+            return  # nothing to allocate: every strategy gives nothing
+        inputs = ShadowInputs(
+            context.cycle, context.surplus_kw, context.sites, context.deadline_s,
+            tuple(oc.accepted), context.seed,
+        )
+        oc.accepted = None  # the cycle's replies now belong to the shadow run
+        self.shadow.submit(oc.cycle_id, inputs)
+
+    async def _persist_shadow(
+        self, rows: list[ShadowRecord], states: dict[str, StrategyState]
+    ) -> None:
+        await self._db(self._write_shadow, rows, states, self.clock.now())
+
+    def _write_shadow(
+        self, rows: list[ShadowRecord], states: dict[str, StrategyState], now: datetime
+    ) -> None:
+        # On the recorder thread. Shadow states live under their own names, never
+        # the executed strategy's row.
+        self.recorder.record_shadow_scores(rows)
+        for name, state in states.items():
+            self.recorder.save_strategy_state(state_key(name), state, now)
 
     # Reports -------------------------------------------------------------------
     async def _record_report(self, site: str, msg: Report, now: datetime) -> None:
         try:
             acked = await self._db(
                 self.recorder.record_report, site, msg.seq, msg.period, msg.import_kwh,
-                msg.export_kwh, msg.allocated_kwh, msg.used_kwh, now,
+                msg.export_kwh, msg.allocated_kwh, msg.used_kwh, now, msg.dropped_through,
             )
         except Exception:
             self.log.exception("report_not_recorded", site=site, seq=msg.seq)
@@ -628,6 +847,16 @@ class Coordinator:
     # Plumbing ------------------------------------------------------------------
     async def _db(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._db_thread, fn, *args)
+
+    async def _core(self, fn: Callable[..., T], *args: Any) -> T:
+        """A core call that may solve: on the solver thread (see ``DECIDES_ON_ARRIVAL``).
+
+        The consumer awaits it, so calls stay in order and nothing else feeds the
+        core meanwhile; the loop goes on receiving and queueing replies.
+        """
+        if self._solver_thread is None:
+            return fn(*args)
+        return await asyncio.get_running_loop().run_in_executor(self._solver_thread, fn, *args)
 
     def _publish_status(self, state: str) -> None:
         status = CoordinatorStatus(state=state, version=__version__, epoch=self.epoch)  # type: ignore[arg-type]
@@ -644,13 +873,31 @@ class Coordinator:
         current = self.current
         with contextlib.suppress(Exception):
             if current is not None and not current.cycle.closed:
-                await self._apply_step(current, current.cycle.close("deadline"))
+                if self.clock.now() >= current.reply_by:
+                    await self._apply_step(
+                        current, await self._core(current.cycle.close, "deadline"))
+                else:
+                    # Stopped within the reply window (a restart, an upgrade): every
+                    # decision is already recorded, so leave the cycle open there and
+                    # the next start resumes it, as after a crash (central/resume.py);
+                    # closing it now would refuse the sites still to reply.
+                    if current.timer is not None:
+                        current.timer.cancel()
+                    self._gc.leave()
+                    self.log.info("cycle_left_open", cycle=current.cycle_id,
+                                  reply_by=format_utc(current.reply_by),
+                                  allocated_kw=round(current.cycle.allocated_kw, 3),
+                                  replies=current.cycle.replies)
         self._publish_status("offline")
         await self.bus.disconnect()
         self._db_thread.shutdown(wait=True)
+        if self._solver_thread is not None:
+            self._solver_thread.shutdown(wait=True)
         self.recorder.close()
         self.log.info("coordinator_stopped", **self.stats.as_dict())
 
+
+_FLOOD_REASONS = {v: v.value for v in Verdict}
 
 _HANDLED = frozenset(
     {
@@ -659,5 +906,6 @@ _HANDLED = frozenset(
         TopicKind.FLEX,
         TopicKind.REPORT,
         TopicKind.ADMIN_SIGNAL_SET,
+        TopicKind.LOAD_STATE,  # subscribed only with the web page (relay view)
     }
 )

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import Counter, deque
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -29,7 +31,7 @@ from gateway.ems.ledger import PeriodLedger
 from gateway.ems.loads import Mode
 from gateway.errors import DeviceError
 from gateway.hass import FileLedger, HassDiscovery, build_context
-from gateway.outbox import Outbox
+from gateway.outbox import Outbox, OutboxError, PendingReport
 from protocol import (
     Ack,
     Alloc,
@@ -51,10 +53,16 @@ from protocol import (
 )
 from protocol.codec import Limits
 from protocol.models import MAX_ENERGY_KWH, Payload
+from protocol.rejections import RejectionLog
 from protocol.topics import TopicKind
 from runtime.clock import Clock, next_boundary
 
 log = structlog.get_logger("gateway")
+
+UNWRITTEN_MAX = 1000
+"""Reports kept in memory while the outbox cannot store them (10 days of 15-min periods)."""
+REJECTION_LOG_INTERVAL_S = 60.0
+"""At most one ``payload_rejected`` line per topic kind and reason in this long."""
 
 
 def spec_of(load: Any) -> LoadSpec:
@@ -79,6 +87,8 @@ def spec_of(load: Any) -> LoadSpec:
         energy_need_kwh=load.energy_need_kwh,
         preheat_hours=load.preheat_hours,
         normally_on=load.energized_means == "off",
+        modulation=load.modulation,
+        steps_kw=load.setpoints_kw,
     )
 
 
@@ -139,6 +149,7 @@ class Gateway:
             local_self_consumption=settings.ems.local_self_consumption,
             max_flex_kw=settings.community.max_site_kw,
             max_import_kw=settings.ems.max_import_kw,
+            allow_import_kw=settings.ems.allow_import_kw,
             # A device's reply latency is real time: on an accelerated clock the
             # window in which a contradicting report is the device catching up
             # spans as many clock seconds as the clock is faster.
@@ -148,7 +159,15 @@ class Gateway:
         shed_levels = [ld.shed_level for ld in settings.loads if ld.shed_level is not None]
         self._stress_threshold = min(shed_levels, default=2)
         state_dir = Path(settings.state.dir)
-        self.outbox = Outbox(state_dir / f"outbox-{self.site}.sqlite")
+        bounds = settings.outbox
+        self.outbox = Outbox(state_dir / f"outbox-{self.site}.sqlite", max_rows=bounds.max_rows,
+                             max_bytes=bounds.max_bytes,
+                             disk_reserve_bytes=bounds.disk_reserve_bytes)
+        # Reports the outbox could not store (disk full): kept in order and
+        # written at the next period; beyond UNWRITTEN_MAX the oldest go.
+        self._unwritten: deque[tuple[datetime, Callable[[int, int], bytes]]] = deque()
+        self.unwritten_dropped = 0
+        self._status_dropped = 0
         self.hass = HassDiscovery(
             self.topics, settings.homeassistant, settings.site, settings.loads,
             self.bus.publish, __version__,
@@ -164,7 +183,11 @@ class Gateway:
         self.last_alloc: Alloc | None = None
         self.shed: GridShed | None = None
         self.signal: GridSignal | None = None
-        self.rejected = 0
+        # Refused community messages by reason, one log line per topic kind and reason
+        # an interval (docs/reliability.md, "Hostile input"); ``errors``: failed ticks.
+        self.rejections = RejectionLog(REJECTION_LOG_INTERVAL_S)
+        self.accepted: Counter[str] = Counter()
+        self.errors = 0
         self._published_states: dict[str, tuple[Any, ...]] = {}
         self._ledger: PeriodLedger | None = None
         self._period_start: datetime | None = None
@@ -182,7 +205,8 @@ class Gateway:
     async def wait_ready(self) -> None:
         await self._ready.wait()
 
-    async def run(self, stop: asyncio.Event) -> None:
+    def attach(self) -> None:
+        """Subscribe every handler to the bus (before connecting: it renews them)."""
         t = self.topics
         self.bus.on_reconnect = self._on_reconnect
         handlers = {
@@ -200,6 +224,9 @@ class Gateway:
         if bridge_topic:
             self.bus.subscribe(bridge_topic, self._on_bridge_state)
         self.hass.attach(self.bus.subscribe, self._on_mode_set)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        self.attach()
         await self.bus.connect()
         for device in self.devices.values():
             try:
@@ -236,11 +263,21 @@ class Gateway:
         await asyncio.sleep(0.1)  # let the offline status leave before DISCONNECT
         await self.bus.disconnect()
         self.outbox.close()
-        self.log.info("gateway_stopped")
+        diag = self.diagnostics()
+        self.log.info("gateway_stopped", accepted=diag["accepted"], rejected=diag["rejected"],
+                      devices=diag["devices"], errors=diag["errors"])
+
+    def _publish_status(self) -> None:
+        """``site/{s}/status`` online, with the outbox's figures (docs/reliability.md)."""
+        stats = self.outbox.stats()
+        self._status_dropped = stats.dropped + self.unwritten_dropped
+        status = SiteStatus(state="online", version=__version__, loads=tuple(self.relay_of_load),
+                            outbox_pending=stats.rows + len(self._unwritten),
+                            reports_dropped=self._status_dropped)
+        self.bus.publish(self.topics.site_status(self.site), encode(status), retain=True)
 
     def _announce(self) -> None:
-        status = SiteStatus(state="online", version=__version__, loads=tuple(self.relay_of_load))
-        self.bus.publish(self.topics.site_status(self.site), encode(status), retain=True)
+        self._publish_status()
         self.hass.announce()
         self._published_states.clear()
         self._publish_states()
@@ -257,21 +294,76 @@ class Gateway:
         def run(topic: str, payload: bytes) -> None:
             route = self.topics.parse(topic)
             if route is None:
+                self._reject(topic, payload, Rejection("unknown_topic", "not a contract topic"))
                 return
             if not payload and route.kind == TopicKind.GRID_SIGNAL:
                 # The coordinator removed its retained signal: nothing is known.
+                self.accepted[route.kind.value] += 1
                 self.signal = None
                 self._apply_grid_level()
                 return
             msg = decode(route, payload, self.limits)
             if isinstance(msg, Rejection):
-                self.rejected += 1
-                self.log.warning("payload_rejected", topic=topic, reason=msg.reason,
-                                 detail=msg.detail,
-                                 excerpt=payload[:120].decode("utf-8", "replace"))
+                self._reject(topic, payload, msg)
                 return
-            handler(msg)
+            refused = handler(msg)
+            if isinstance(refused, Rejection):
+                self._reject(topic, payload, refused)
+                return
+            self.accepted[route.kind.value] += 1
         return run
+
+    def _reject(self, topic: str, payload: bytes, why: Rejection) -> None:
+        """Count a refused message under its reason; log at most one line per topic
+        kind and reason an interval, with the number suppressed since."""
+        source = why.kind.value if why.kind is not None else None
+        line = self.rejections.note(why.reason, source, self.now_s())
+        if line is None:
+            return
+        self.log.warning("payload_rejected", topic=topic[:200], reason=why.reason,
+                         detail=why.detail, suppressed=line.suppressed,
+                         excerpt=payload[:120].decode("utf-8", "replace"))
+
+    def _log_suppressed(self, now_s: float) -> None:
+        for due in self.rejections.due(now_s):
+            self.log.warning("payload_rejected_suppressed", kind=due.source, reason=due.reason,
+                             count=due.count)
+
+    @property
+    def rejected(self) -> int:
+        """Community messages refused (all reasons); ``diagnostics()`` has the detail."""
+        return self.rejections.total
+
+    def diagnostics(self) -> dict[str, Any]:
+        """What this gateway accepted and refused, by reason: community topics, Home
+        Assistant commands, every device's payloads; and the handler failures."""
+        return {
+            "site": self.site,
+            "accepted": dict(self.accepted),
+            "rejected": dict(self.rejections.counts),
+            "log_lines_suppressed": self.rejections.suppressed_total,
+            "hass_rejected": self.hass.rejected,
+            "devices": {
+                dev_id: {
+                    "rejected": dict(book.counts),
+                    "handler_failures": getattr(dev, "handler_failures", 0),
+                }
+                for dev_id, dev in self.devices.items()
+                # MQTT drivers count what they refuse; a USB board parses no payloads.
+                if isinstance(book := getattr(dev, "rejections", None), RejectionLog)
+            },
+            "handler_errors": getattr(self.bus, "handler_errors", 0),
+            "errors": self.errors,
+            "outbox": self.outbox_diagnostics(),
+        }
+
+    def outbox_diagnostics(self) -> dict[str, int]:
+        """The report outbox (docs/reliability.md): also in ``site/{s}/status``."""
+        stats = self.outbox.stats()
+        return {"pending": stats.rows, "bytes": stats.bytes, "dropped": stats.dropped,
+                "dropped_through": stats.dropped_through,
+                "write_failures": stats.write_failures,
+                "unwritten": len(self._unwritten), "unwritten_dropped": self.unwritten_dropped}
 
     def _on_mode_set(self, load: str, mode: Mode) -> None:
         """The resident's command from Home Assistant; the EMS applies its precedence."""
@@ -288,9 +380,7 @@ class Gateway:
         """
         value = payload.strip()
         if value not in (b"0", b"1"):
-            self.rejected += 1
-            self.log.warning("bridge_state_unreadable", topic=topic,
-                             excerpt=payload[:40].decode("utf-8", "replace"))
+            self._reject(topic, payload, Rejection("bridge_state_unreadable", "expected 0 or 1"))
             return
         up = value == b"1"
         if up != self.bridge_up:
@@ -355,15 +445,24 @@ class Gateway:
         self._heard_coordinator()
         self.log.info("coordinator_status", state=msg.state, epoch=msg.epoch)
 
-    def _on_shed(self, msg: Payload) -> None:
+    def _on_shed(self, msg: Payload) -> Rejection | None:
         assert isinstance(msg, GridShed)
         self.shed = msg
         self._apply_grid_level()
+        return None
 
-    def _on_signal(self, msg: Payload) -> None:
+    def _on_signal(self, msg: Payload) -> Rejection | None:
         assert isinstance(msg, GridSignal)
+        try:
+            # A day whose local hours cannot be computed (year 1 or 9999 overflows
+            # datetime) would make every later tick raise: refuse it, keep the last.
+            GridOutlook.build(msg.day, msg.hours, None, self.grid_tz)
+        except (OverflowError, ValueError) as exc:
+            return Rejection("out_of_range", f"day {msg.day.isoformat()}: {exc}",
+                             TopicKind.GRID_SIGNAL)
         self.signal = msg
         self._apply_grid_level()
+        return None
 
     def grid_outlook(self) -> GridOutlook:
         """Levels from the retained signal and shed window: kept, so shedding
@@ -417,15 +516,25 @@ class Gateway:
         async with lane:
             relay = self.relay_of_load[command.load]
             try:
-                await relay.set(command.on)
-                self.log.info("load_switched", load=command.load, on=command.on,
-                              reason=command.reason)
+                # The power first, so a modulating load starts at its set point
+                # (config validation put such a load on a device that takes one).
+                set_power = getattr(relay, "set_power", None)
+                if command.setpoint_kw is not None and set_power is not None:
+                    await set_power(command.setpoint_kw)
+                if command.switch:
+                    await relay.set(command.on)
+                self.log.info("load_switched" if command.switch else "load_setpoint_set",
+                              load=command.load, on=command.on, reason=command.reason,
+                              setpoint_kw=command.setpoint_kw)
             except DeviceError as exc:
-                self.ems.command_failed(command.load, command.on, self.now_s(), str(exc))
+                self.ems.command_failed(command.load, command.on, self.now_s(), str(exc),
+                                        switch=command.switch)
                 self.log.warning("load_switch_failed", load=command.load, on=command.on,
-                                 reason=command.reason, error=str(exc))
+                                 reason=command.reason, setpoint_kw=command.setpoint_kw,
+                                 error=str(exc))
             except Exception:
-                self.ems.command_failed(command.load, command.on, self.now_s(), "unexpected")
+                self.ems.command_failed(command.load, command.on, self.now_s(), "unexpected",
+                                        switch=command.switch)
                 self.log.exception("load_switch_crashed", load=command.load)
             self._publish_states()
             self._log_events()
@@ -482,46 +591,61 @@ class Gateway:
     async def _ticker(self) -> None:
         period = self.settings.ems.period_s
         step = min(1.0, self.clock_real(max(period / 60.0, 0.05)))
-        silence = self.settings.ems.coordinator_silence_s or 1.5 * period
         while True:
             await asyncio.sleep(step)
-            now_s = self.now_s()
-            now = self.clock.now()
-            self._apply_grid_level()
-            net = self.net_export_kw()
-            self._enqueue(self.ems.tick(now_s, net))
-            if self.alloc_until_s is not None and now_s >= self.alloc_until_s:
-                self.alloc_kw = 0.0
-                self.alloc_until_s = None
-            used = sum(v.power_kw for v in self.ems.views(now_s) if v.reason == "allocation")
-            if self._ledger is not None:
-                self._ledger.sample(now_s, net, used, self.alloc_kw)
-            heard = self.coordinator_heard_s
-            degraded = (
-                not self.coordinator_online
-                or self.bridge_up is False
-                or heard is None
-                or now_s - heard > silence
-            )
-            if degraded != self.degraded:
-                self.degraded = degraded
-                if degraded:
-                    self.log.warning("degraded", coordinator_online=self.coordinator_online)
-                else:
-                    self.log.info("coordinated", coordinator_online=self.coordinator_online)
-            self.hass.publish_context(build_context(
-                net_export_kw=net,
-                alloc=self.last_alloc if self.alloc_until_s is not None else None,
-                alloc_kw=self.alloc_kw, grid_level=self.ems.grid_level,
-                coordinator_online=self.coordinator_online, degraded=self.degraded,
-                max_site_kw=self.limits.max_site_kw,
-            ), now_s)
-            if self._period_start is not None and now >= self._period_start + timedelta(
-                seconds=period
-            ):
-                self._close_period(now_s)
-            self._publish_states()
-            self._log_events()
+            try:
+                self.tick()
+            except Exception:
+                # One bad tick must not end the task group (the whole gateway): log, count, go on.
+                self.errors += 1
+                self.log.exception("tick_failed")
+
+    def tick(self) -> None:
+        """The periodic work: grid level, the EMS's timers, degraded mode, context, reports."""
+        period = self.settings.ems.period_s
+        silence = self.settings.ems.coordinator_silence_s or 1.5 * period
+        now_s = self.now_s()
+        now = self.clock.now()
+        self._apply_grid_level()
+        net = self.net_export_kw()
+        self._enqueue(self.ems.tick(now_s, net))
+        if self.alloc_until_s is not None and now_s >= self.alloc_until_s:
+            self.alloc_kw = 0.0
+            self.alloc_until_s = None
+        used = sum(v.power_kw for v in self.ems.views(now_s) if v.reason == "allocation")
+        if self._ledger is not None:
+            # Within the protocol's physical cap, as the net load it sends: the report's
+            # energies must stay representable whatever a meter said.
+            cap = self.limits.max_site_kw
+            self._ledger.sample(now_s, None if net is None else max(-cap, min(cap, net)),
+                                min(used, cap), self.alloc_kw)
+        heard = self.coordinator_heard_s
+        degraded = (
+            not self.coordinator_online
+            or self.bridge_up is False
+            or heard is None
+            or now_s - heard > silence
+        )
+        if degraded != self.degraded:
+            self.degraded = degraded
+            if degraded:
+                self.log.warning("degraded", coordinator_online=self.coordinator_online)
+            else:
+                self.log.info("coordinated", coordinator_online=self.coordinator_online)
+        self.hass.publish_context(build_context(
+            net_export_kw=net,
+            alloc=self.last_alloc if self.alloc_until_s is not None else None,
+            alloc_kw=self.alloc_kw, grid_level=self.ems.grid_level,
+            coordinator_online=self.coordinator_online, degraded=self.degraded,
+            max_site_kw=self.limits.max_site_kw,
+        ), now_s)
+        if self._period_start is not None and now >= self._period_start + timedelta(
+            seconds=period
+        ):
+            self._close_period(now_s)
+        self._publish_states()
+        self._log_events()
+        self._log_suppressed(now_s)
 
     def _close_period(self, now_s: float) -> None:
         assert self._ledger is not None and self._period_start is not None
@@ -530,21 +654,49 @@ class Gateway:
         self._ledger = ledger.close(now_s)
         self._period_start = period_start + timedelta(seconds=self.settings.ems.period_s)
 
-        def build(seq: int) -> bytes:
+        def build(seq: int, dropped_through: int) -> bytes:
             return encode(Report(
                 seq=seq, period=period_start,
                 import_kwh=round(ledger.import_kwh, 6), export_kwh=round(ledger.export_kwh, 6),
                 allocated_kwh=round(ledger.allocated_kwh, 6), used_kwh=round(ledger.used_kwh, 6),
+                dropped_through=dropped_through or None,
             ))
 
-        pending = self.outbox.add(build)
-        self.bus.publish(self.topics.report(self.site), pending.payload)
-        self.log.info("report_sent", seq=pending.seq, period=period_start.isoformat(),
+        self._unwritten.append((period_start, build))
+        if len(self._unwritten) > UNWRITTEN_MAX:
+            self._unwritten.popleft()
+            self.unwritten_dropped += 1
+        written = self._write_reports()
+        for pending in written:
+            self.bus.publish(self.topics.report(self.site), pending.payload)
+        self.log.info("report_sent" if written else "report_not_stored",
+                      seq=written[-1].seq if written else None,
+                      period=period_start.isoformat(),
                       import_kwh=round(ledger.import_kwh, 3),
                       export_kwh=round(ledger.export_kwh, 3),
                       allocated_kwh=round(ledger.allocated_kwh, 3),
-                      used_kwh=round(ledger.used_kwh, 3))
+                      used_kwh=round(ledger.used_kwh, 3), waiting=len(self._unwritten))
         # Resend what the coordinator has not acknowledged yet.
+        new = {p.seq for p in written}
         for old in self.outbox.pending():
-            if old.seq != pending.seq:
+            if old.seq not in new:
                 self.bus.publish(self.topics.report(self.site), old.payload)
+        if self.outbox.dropped + self.unwritten_dropped != self._status_dropped:
+            self._publish_status()
+
+    def _write_reports(self) -> list[PendingReport]:
+        """Store the reports waiting, oldest first; stop at the first that cannot be
+        (the outbox said why, once); they are tried again at the next period."""
+        written: list[PendingReport] = []
+        while self._unwritten:
+            period, build = self._unwritten[0]
+            try:
+                written.append(self.outbox.add(build))
+            except OutboxError:
+                break
+            except Exception:
+                # A report that cannot even be encoded would block every later one.
+                self.unwritten_dropped += 1
+                self.log.exception("report_unbuildable", period=period.isoformat())
+            self._unwritten.popleft()
+        return written

@@ -8,15 +8,19 @@ that channel.
 
 from __future__ import annotations
 
+import math
 from datetime import time
+from itertools import pairwise
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from gateway.errors import ProfileError
+from gateway.outbox import DEFAULT_DISK_RESERVE_BYTES, DEFAULT_MAX_BYTES, DEFAULT_MAX_ROWS
 from gateway.profiles import (
     GenericMqttMeter,
+    GoeChargerV2,
     PhidgetDigitalOutput,
     Profile,
     ShellyGen1Meter,
@@ -36,6 +40,9 @@ from protocol.settings import (
 )
 
 LoadKind = Literal["water_heater", "heat_pump", "ev_charger", "battery", "generic"]
+Modulation = Literal["none", "continuous", "steps"]
+MAX_STEPS = 100
+"""Set points a stepped load may have (a 6-32 A wallbox has 27)."""
 
 
 class SiteSettings(Section):
@@ -55,8 +62,11 @@ class DeviceSettings(Section):
 
     id: str
     profile: str = Field(description="e.g. shelly/plus-plug-s, phidget/1017")
-    # Shelly: Gen1 device id (shellies/<id>/…) or Gen2 topic prefix (<prefix>/rpc)
+    # Shelly: Gen1 device id (shellies/<id>/…) or Gen2 topic prefix (<prefix>/rpc);
+    # go-e: the topic base of its keys (go-eCharger/<serial>)
     prefix: str | None = None
+    # go-e: the phases it charges on here (1 on a single-phase supply); none = the model's
+    phases: int | None = Field(default=None, ge=1, le=3)
     # Phidget: the board's serial number (the 1017 has no hub port)
     serial: int | None = Field(default=None, ge=0)
     open_timeout_ms: int = Field(default=5000, ge=100, le=60_000)
@@ -92,6 +102,10 @@ class DeviceSettings(Section):
         elif isinstance(profile, GenericMqttMeter):
             if not self.topic:
                 raise ValueError(f"device {self.id}: a generic meter needs 'topic'")
+        elif isinstance(profile, GoeChargerV2):
+            if not self.prefix:
+                raise ValueError(f"device {self.id}: a go-e charger needs 'prefix' "
+                                 "(its topic base, go-eCharger/<serial>)")
         elif not self.prefix:
             raise ValueError(f"device {self.id}: a Shelly device needs 'prefix' (its MQTT id)")
         return self
@@ -129,6 +143,15 @@ class LoadSettings(Section):
     # Anticipation: run this long before a stress window that will cut it
     # (water heaters, EVs, batteries only).
     preheat_hours: float = Field(default=0.0, ge=0, le=24)
+    # How the gateway sets its power: "none" switches it whole at nominal_kw (a
+    # relay); "continuous" runs it anywhere in [min_kw, max_kw] (an inverter heat
+    # pump); "steps" at one of steps_kw, or min_kw + k * step_kw up to max_kw (a
+    # wallbox taking whole amps). Modulating needs a device that takes a set point.
+    modulation: Modulation = "none"
+    steps_kw: list[Annotated[float, Field(gt=0, le=50)]] | None = Field(
+        default=None, min_length=1, max_length=MAX_STEPS
+    )
+    step_kw: float | None = Field(default=None, gt=0, le=50)
 
     @field_validator("id")
     @classmethod
@@ -137,8 +160,7 @@ class LoadSettings(Section):
 
     @model_validator(mode="after")
     def _powers(self) -> LoadSettings:
-        lo = self.min_kw if self.min_kw is not None else self.nominal_kw
-        hi = self.max_kw if self.max_kw is not None else self.nominal_kw
+        lo, hi = self.min_power_kw, self.max_power_kw
         if lo > hi:
             raise ValueError(f"load {self.id}: min_kw {lo} exceeds max_kw {hi}")
         if self.soc_min > self.soc_max:
@@ -147,11 +169,53 @@ class LoadSettings(Section):
 
     @property
     def min_power_kw(self) -> float:
-        return self.min_kw if self.min_kw is not None else self.nominal_kw
+        if self.min_kw is not None:
+            return self.min_kw
+        return min(self.steps_kw) if self.steps_kw else self.nominal_kw
 
     @property
     def max_power_kw(self) -> float:
-        return self.max_kw if self.max_kw is not None else self.nominal_kw
+        if self.max_kw is not None:
+            return self.max_kw
+        return max(self.steps_kw) if self.steps_kw else self.nominal_kw
+
+    @property
+    def setpoints_kw(self) -> tuple[float, ...]:
+        """A stepped load's powers, ascending (``steps_kw``, or generated from ``step_kw``)."""
+        if self.steps_kw:
+            return tuple(self.steps_kw)
+        if self.step_kw is None:
+            return ()
+        lo, hi = self.min_power_kw, self.max_power_kw
+        count = math.floor((hi - lo) / self.step_kw + 1e-9) + 1
+        return tuple(round(lo + k * self.step_kw, 6) for k in range(count))
+
+    def modulation_problem(self) -> tuple[str, str] | None:
+        """(key, message) when the modulation keys do not fit together; None when they do."""
+        steps_set = [k for k in ("steps_kw", "step_kw") if getattr(self, k) is not None]
+        if self.modulation != "steps" and steps_set:
+            return steps_set[0], f'only with modulation = "steps" (it is "{self.modulation}")'
+        if self.modulation == "continuous" and not self.min_power_kw < self.max_power_kw:
+            return "min_kw", 'modulation = "continuous" needs min_kw below max_kw'
+        if self.modulation != "steps":
+            return None
+        if len(steps_set) != 1:
+            return "steps_kw", ('modulation = "steps" needs either steps_kw (the powers it '
+                                'accepts) or step_kw (from min_kw to max_kw), not both')
+        if self.steps_kw is not None:
+            steps = self.steps_kw
+            if any(b <= a for a, b in pairwise(steps)):
+                return "steps_kw", "must be in ascending order, each power once"
+            if steps[0] < self.min_power_kw - 1e-9 or steps[-1] > self.max_power_kw + 1e-9:
+                return "steps_kw", (f"powers must lie within min_kw {self.min_power_kw} and "
+                                    f"max_kw {self.max_power_kw}")
+            return None
+        if not self.min_power_kw < self.max_power_kw:
+            return "step_kw", "needs min_kw below max_kw"
+        if len(self.setpoints_kw) > MAX_STEPS:
+            return "step_kw", (f"gives {len(self.setpoints_kw)} steps from min_kw to max_kw; "
+                               f"at most {MAX_STEPS}")
+        return None
 
 
 class MeterSettings(Section):
@@ -172,6 +236,9 @@ class EmsSettings(Section):
     coordinator_silence_s: float | None = Field(default=None, gt=0)
     # The home's contracted import (kVA ~ kW): anticipation never goes above it.
     max_import_kw: float | None = Field(default=None, gt=0, le=250)
+    # An allocation of A kW may run loads drawing up to A + this from the grid
+    # (0: never more than the allocation).
+    allow_import_kw: float = Field(default=0.0, ge=0, le=50)
     # The grid operator's time zone: grid/signal's hours are its local hours.
     grid_timezone: str = "Europe/Paris"
     # The edge broker's bridge notification (mosquitto/edge.conf): "1" up, "0" cut
@@ -213,6 +280,19 @@ class StateSettings(Section):
     dir: Path = Path("/var/lib/ems-gateway")
 
 
+class OutboxSettings(Section):
+    """``[outbox]``: bounds of the report outbox (gateway/outbox.py, docs/reliability.md).
+
+    Past ``max_rows`` reports or ``max_bytes`` of them, or while the disk has
+    less than ``disk_reserve_bytes`` free, the oldest unacknowledged reports
+    are dropped to keep the newest (counted, one warning per episode).
+    """
+
+    max_rows: int = Field(default=DEFAULT_MAX_ROWS, ge=10, le=10_000_000)
+    max_bytes: int = Field(default=DEFAULT_MAX_BYTES, ge=65_536, le=2**34)
+    disk_reserve_bytes: int = Field(default=DEFAULT_DISK_RESERVE_BYTES, ge=0, le=2**40)
+
+
 class ClockSettings(Section):
     """``[clock]``: ``speed`` > 1 for demos and tests only."""
 
@@ -231,6 +311,7 @@ class GatewaySettings(ServiceSettings):
     ems: EmsSettings = EmsSettings()
     homeassistant: HomeAssistantSettings = HomeAssistantSettings()
     state: StateSettings = StateSettings()
+    outbox: OutboxSettings = OutboxSettings()
     clock: ClockSettings = ClockSettings()
     log: LogSettings = LogSettings()
 
@@ -275,6 +356,16 @@ class GatewaySettings(ServiceSettings):
                     f"load {load.id}: max {load.max_power_kw} kW exceeds the "
                     f"{profile.name}'s rating of {profile.max_power_kw} kW "
                     "(switch it through a contactor and set contactor = true)",
+                )
+            problem = load.modulation_problem()
+            if problem is not None:
+                raise ConfigKeyError(f"{key}.{problem[0]}", f"load {load.id}: {problem[1]}")
+            if load.modulation != "none" and not profile.takes_setpoint:
+                raise ConfigKeyError(
+                    f"{key}.modulation",
+                    f"load {load.id}: device {dev.id} ({profile.name}) only switches on and "
+                    'off; a modulating load needs a device that takes a set point '
+                    '(e.g. go-e/charger); use modulation = "none"',
                 )
             if load.energized_means == "off" and not isinstance(profile, PhidgetDigitalOutput):
                 raise ConfigKeyError(f"{key}.energized_means",
