@@ -18,6 +18,9 @@ arrival at the simulator, then the last allocation, and ``cycle/closed`` for the
 coordinator). The runs interleave (sink, relay, coordinator, then again) so the
 machine's noise falls on all columns alike. The pure core (``Cycle.offer_many``)
 is timed in-process at the end.
+The MQTT plumbing and the simulated sites are in ``bench/swarm.py``, the hub
+processes in ``bench/hubs.py``, and what every benchmark shares (progress lines,
+/proc readings, the local broker) in ``bench/common.py``.
 
 Times across processes use ``time.monotonic()`` (CLOCK_MONOTONIC is system-wide
 on Linux).
@@ -30,584 +33,61 @@ import asyncio
 import contextlib
 import gc
 import json
-import logging
-import multiprocessing
 import os
-import platform
-import resource
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections import Counter, deque
-from collections.abc import Callable, MutableMapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime, timedelta
-from multiprocessing.connection import Connection
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import gmqtt
-import orjson
-import structlog
-from gmqtt.storage import PersistentStorage
-
-from central.app import Coordinator
-from central.config import load_central_settings
+from bench.common import (
+    Hub,
+    cpu_seconds,
+    delta,
+    local_broker,
+    machine_info,
+    parse_sizes,
+    progress,
+)
+from bench.common import fmt as _fmt
+from bench.common import peak_rss_mb as _peak_rss_mb
+from bench.hubs import (
+    COORDINATOR_MAX_INFLIGHT,
+    HubSpec,
+    run_coordinator_cycle,
+    start_hub,
+)
+from bench.swarm import (
+    CYCLE_ZERO,
+    FLEX_KW,
+    GATEWAY_CONNECTIONS,
+    IDLE_TIMEOUT_S,
+    NET_EXPORT_KW,
+    REPLY_TIMEOUT_S,
+    WINDOW,
+    GatewaySim,
+    Link,
+)
 from central.core import Cycle, Offer, get_strategy
 from central.gcpolicy import CycleGc
-from ems.broker import EmbeddedBroker
-from protocol import CycleRequest, Flex, LoadFlex, NetLoad, SiteStatus, Topics, encode, encode_alloc
+from protocol import Topics
 from protocol.logs import configure_logging
-from protocol.models import format_utc
-from runtime.clock import AcceleratedClock
+
+__all__ = [
+    "CORE_RUNS", "DEFAULT_SIZES", "QUICK_SIZES", "BenchResult", "Link", "SizeResult",
+    "core_throughput", "format_table", "machine_info", "main", "measure_size", "parse_sizes",
+    "run_benchmark",
+]
 
 DEFAULT_SIZES = (1_000, 10_000, 100_000)
 QUICK_SIZES = (1_000, 10_000)
-GATEWAY_CONNECTIONS = 4
-# gmqtt's id pool holds receive_maximum - 1 ids (IdGenerator raises OverflowError at
-# max - 1 in use) and mosquitto's CONNACK says receive_maximum = max_inflight_messages
-# = 1000 (mosquitto/dev.conf): 999 is the largest window that never overflows.
-WINDOW = 999
-COORDINATOR_MAX_INFLIGHT = 1000  # the brief's [mqtt] max_inflight
-SUBSCRIBE_CHUNK = 500  # topic filters per SUBSCRIBE, well under max_packet_size 65536
-FLEX_KW = 1.0
-NET_EXPORT_KW = 2.0  # S = 2 kW x N > N x 1 kW: every site is served (N allocations)
-PERIOD_S = 3600.0
-REPLY_TIMEOUT_S = 3000.0
-IDLE_TIMEOUT_S = 20.0  # a run with no progress for this long is reported incomplete
 CORE_RUNS = 5
-CYCLE_ZERO = datetime(2026, 6, 21, 12, 0, tzinfo=UTC)
-# The coordinator's clock starts just after an hour so its own scheduler (period 1 h)
-# never opens a cycle during the benchmark.
-CLOCK_ORIGIN = datetime(2026, 6, 21, 0, 0, 1, tzinfo=UTC)
-
-
-def progress(message: str) -> None:
-    """One progress line on stderr (stdout carries only the result)."""
-    sys.stderr.write(f"[bench {time.strftime('%H:%M:%S')}] {message}\n")
-    sys.stderr.flush()
-
-
-# MQTT plumbing ---------------------------------------------------------------------
-
-
-class _Window(PersistentStorage):  # type: ignore[misc]
-    """gmqtt's in-flight store, telling the link when a PUBACK frees a slot.
-
-    No ``__len__``: gmqtt takes ``persistent_storage or PersistentStorage()``, so an
-    empty store that is falsy would be silently replaced by a default one.
-    """
-
-    def __init__(self, on_free: Callable[[], None]) -> None:
-        super().__init__()
-        self._on_free = on_free
-
-    @property
-    def size(self) -> int:
-        return len(self._messages)
-
-    def remove_message_by_mid(self, mid: int) -> None:
-        super().remove_message_by_mid(mid)
-        self._on_free()
-
-
-class Link:
-    """One plain gmqtt connection (QoS 1) with an in-flight window and an ordered backlog."""
-
-    def __init__(self, name: str, on_message: Callable[[str, bytes], None], window: int) -> None:
-        self.window = window
-        self.backlog: deque[tuple[str, bytes, bool]] = deque()
-        self.storage = _Window(self._pump)
-        self.client = gmqtt.Client(name, persistent_storage=self.storage, logger=None)
-        assert self.client._persistent_storage is self.storage
-        self.client.on_message = self._on_message
-        self.client.on_subscribe = self._on_subscribe
-        self._handler = on_message
-        self._subacks = 0
-        self.errors = 0
-
-    async def connect(self, host: str, port: int) -> None:
-        async with asyncio.timeout(10):
-            await self.client.connect(host, port, keepalive=600)
-
-    async def subscribe(self, topics: Sequence[str], timeout_s: float = 60.0) -> None:
-        """Subscribe in chunks and wait for every SUBACK."""
-        chunks = [topics[i : i + SUBSCRIBE_CHUNK] for i in range(0, len(topics), SUBSCRIBE_CHUNK)]
-        target = self._subacks + len(chunks)
-        for chunk in chunks:
-            self.client.subscribe([gmqtt.Subscription(t, qos=1) for t in chunk])
-        await _until(lambda: self._subacks >= target, timeout_s, "SUBACKs")
-
-    def publish(self, topic: str, payload: bytes, retain: bool = False) -> None:
-        if self.backlog or self.storage.size >= self.window:
-            self.backlog.append((topic, payload, retain))
-        else:
-            self.client.publish(topic, payload, qos=1, retain=retain)
-
-    def _pump(self) -> None:
-        backlog, storage, publish = self.backlog, self.storage, self.client.publish
-        while backlog and storage.size < self.window:
-            topic, payload, retain = backlog.popleft()
-            publish(topic, payload, qos=1, retain=retain)
-
-    @property
-    def pending(self) -> int:
-        return self.storage.size + len(self.backlog)
-
-    async def drain(self, timeout_s: float = 60.0) -> None:
-        await _until(lambda: self.pending == 0, timeout_s, "PUBACKs")
-
-    async def disconnect(self) -> None:
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(5):
-                await self.client.disconnect()
-
-    def _on_message(self, client: Any, topic: str, payload: bytes, qos: int, props: Any) -> int:
-        try:
-            self._handler(topic, payload)
-        except Exception as exc:  # count and report; never into gmqtt's loop
-            self.errors += 1
-            if self.errors <= 3:
-                progress(f"handler error on {topic}: {exc!r}")
-        return 0
-
-    def _on_subscribe(self, client: Any, mid: int, qos: Any, props: Any) -> None:
-        self._subacks += 1
-
-
-async def _until(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout_s:.0f} s waiting for {what}")
-        await asyncio.sleep(0.01)
-
-
-async def _recv(conn: Connection, timeout_s: float) -> Any:
-    """Receive from a pipe without blocking the event loop.
-
-    ``asyncio.timeout``, not ``wait_for``: on 3.11 ``wait_for`` swallows a
-    cancellation (Ctrl-C) that lands just as its future completes.
-    """
-    if not conn.poll():
-        loop = asyncio.get_running_loop()
-        ready: asyncio.Future[None] = loop.create_future()
-
-        def wake() -> None:
-            if not ready.done():
-                ready.set_result(None)
-
-        loop.add_reader(conn.fileno(), wake)
-        try:
-            async with asyncio.timeout(timeout_s):
-                await ready
-        finally:
-            loop.remove_reader(conn.fileno())
-    return conn.recv()
-
-
-def request_payload(period_start: datetime, n: int) -> bytes:
-    """The ``cycle/request`` a coordinator would publish for this cycle."""
-    return encode(
-        CycleRequest(
-            cycle=period_start,
-            surplus_kw=round(NET_EXPORT_KW * n, 6),
-            period_start=period_start,
-            period_end=period_start + timedelta(seconds=PERIOD_S),
-            reply_by=period_start + timedelta(seconds=REPLY_TIMEOUT_S),
-        )
-    )
-
-
-def flex_payload(period_start: datetime) -> bytes:
-    """A realistic reply: one flexible load behind it (PROTOCOL.md, ``site/{s}/flex``)."""
-    load = LoadFlex(id="water-heater", kind="water_heater", min_kw=FLEX_KW, max_kw=FLEX_KW)
-    return encode(Flex(cycle=period_start, flex_kw=FLEX_KW, loads=(load,)))
-
-
-# The simulated gateways (this process) ---------------------------------------------
-
-
-@dataclass
-class SimRun:
-    """What the simulator saw of one cycle."""
-
-    requested_at: float | None = None  # first request arrival (monotonic)
-    allocs: int = 0
-    distinct_sites: int = 0
-    last_alloc_at: float | None = None
-    closed_at: float | None = None
-    closed: dict[str, Any] | None = None
-
-
-class GatewaySim:
-    """N sites behind a few gmqtt connections (site i on connection i mod G)."""
-
-    def __init__(self, topics: Topics, n: int, connections: int, window: int) -> None:
-        self.topics = topics
-        self.n = n
-        self.sites = [f"s{i:06d}" for i in range(n)]
-        self.request_topic = topics.cycle_request()
-        self.closed_topic = topics.cycle_closed()
-        self.shards = [self.sites[k::connections] for k in range(connections)]
-        self._flex_topics = [[topics.flex(s) for s in shard] for shard in self.shards]
-        tag = uuid.uuid4().hex[:6]
-        self.links = [
-            Link(f"bench-gw-{tag}-{k}", self._handler(k), window) for k in range(connections)
-        ]
-        self._armed: tuple[str, bytes] | None = None  # (cycle id, flex payload)
-        self._seen: set[str] = set()
-        self.run = SimRun()
-
-    async def start(self, host: str, port: int) -> None:
-        await asyncio.gather(*(link.connect(host, port) for link in self.links))
-        await asyncio.gather(
-            *(
-                link.subscribe(
-                    [self.request_topic, self.closed_topic]
-                    + [self.topics.alloc(s) for s in shard]
-                )
-                for link, shard in zip(self.links, self.shards, strict=True)
-            )
-        )
-
-    async def announce(self) -> None:
-        """Every site online (retained status) with a net export: S = NET_EXPORT_KW x N."""
-        status = encode(SiteStatus(state="online", version="bench"))
-        netload = encode(NetLoad(ts=CLOCK_ORIGIN, net_export_kw=NET_EXPORT_KW))
-        for link, shard in zip(self.links, self.shards, strict=True):
-            for site in shard:
-                link.publish(self.topics.site_status(site), status, retain=True)
-                link.publish(self.topics.netload(site), netload)
-        await asyncio.gather(*(link.drain(120 + self.n / 500) for link in self.links))
-
-    def arm(self, period_start: datetime) -> None:
-        """Answer the next request for ``period_start``; reset the counters."""
-        self._armed = (format_utc(period_start), flex_payload(period_start))
-        self._seen = set()
-        self.run = SimRun()
-
-    def _handler(self, k: int) -> Callable[[str, bytes], None]:
-        link_topics = self._flex_topics
-
-        def handle(topic: str, payload: bytes) -> None:
-            now = time.monotonic()
-            run = self.run
-            if topic == self.request_topic:
-                armed = self._armed
-                if armed is None or orjson.loads(payload).get("cycle") != armed[0]:
-                    return
-                if run.requested_at is None or now < run.requested_at:
-                    run.requested_at = now
-                publish, flex = self.links[k].publish, armed[1]
-                for t in link_topics[k]:
-                    publish(t, flex)
-            elif topic == self.closed_topic:
-                run.closed_at = now
-                run.closed = orjson.loads(payload)
-            else:
-                seen = self._seen
-                seen.add(topic)
-                run.allocs += 1
-                run.last_alloc_at = now
-                run.distinct_sites = len(seen)
-
-        return handle
-
-    async def wait(self, allocs: int, closed: bool) -> SimRun:
-        """Until ``allocs`` allocations (and ``cycle/closed``) arrived or progress stops."""
-        run = self.run
-        mark, idle_since = -1, time.monotonic()
-        while run.allocs < allocs or (closed and run.closed_at is None):
-            if run.allocs != mark:
-                mark, idle_since = run.allocs, time.monotonic()
-            elif time.monotonic() - idle_since > IDLE_TIMEOUT_S:
-                progress(f"  no progress for {IDLE_TIMEOUT_S:.0f} s: {run.allocs}/{allocs} "
-                         f"allocations, closed={run.closed_at is not None}")
-                break
-            await asyncio.sleep(0.005)
-        return run
-
-    async def stop(self) -> None:
-        await asyncio.gather(*(link.disconnect() for link in self.links))
-
-
-# The hubs (child processes) -----------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class HubSpec:
-    """What a hub process needs to know; picklable for ``spawn``."""
-
-    role: str  # "floor" or "coordinator"
-    host: str
-    port: int
-    root: str
-    community: str
-    n: int
-    window: int
-    coordinator_max_inflight: int = COORDINATOR_MAX_INFLIGHT
-    recorder_path: str = ""
-
-
-def hub_process(conn: Connection, spec: HubSpec) -> None:
-    """Entry point of a hub process: serve commands from the pipe until told to stop."""
-    # The parent owns the lifecycle: Ctrl-C reaches it, and it stops us.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    main = _coordinator_hub if spec.role == "coordinator" else _floor_hub
-    try:
-        asyncio.run(main(conn, spec))
-    except (EOFError, BrokenPipeError):
-        pass  # the parent went away
-    finally:
-        conn.close()
-
-
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kB
-
-
-class GcClock:
-    """Time spent in the cyclic garbage collector, by generation (via ``gc.callbacks``).
-
-    py-spy cannot see the collector: its pauses land on whatever line allocated.
-    """
-
-    def __init__(self) -> None:
-        self.seconds = [0.0, 0.0, 0.0]
-        self.count = [0, 0, 0]
-        self._t0 = 0.0
-        gc.callbacks.append(self._callback)
-
-    def reset(self) -> None:
-        self.seconds, self.count = [0.0, 0.0, 0.0], [0, 0, 0]
-
-    def _callback(self, phase: str, info: dict[str, int]) -> None:
-        if phase == "start":
-            self._t0 = time.perf_counter()
-        else:
-            gen = info["generation"]
-            self.seconds[gen] += time.perf_counter() - self._t0
-            self.count[gen] += 1
-
-    def snapshot(self) -> dict[str, Any]:
-        return {"gc_s": sum(self.seconds), "gc_s_by_gen": list(self.seconds),
-                "gc_count_by_gen": list(self.count)}
-
-
-async def _floor_hub(conn: Connection, spec: HubSpec) -> None:
-    """A plain client in the coordinator's seat: count replies, maybe relay allocations."""
-    topics = Topics(spec.community, spec.root)
-    alloc_prefix = f"{topics.base}/alloc/"
-    state: dict[str, Any] = {}
-
-    def on_flex(topic: str, payload: bytes) -> None:
-        state["count"] += 1
-        state["last"] = time.monotonic()
-        if state["relay"]:
-            # One allocation per reply, same topic and size as the coordinator's.
-            link.publish(alloc_prefix + topic.split("/")[-2], state["alloc"])
-        if state["count"] == spec.n:
-            state["done"].set()
-
-    gc_clock = GcClock()
-    link = Link(f"bench-floor-{uuid.uuid4().hex[:6]}", on_flex, spec.window)
-    await link.connect(spec.host, spec.port)
-    await link.subscribe([topics.flex("+")])
-    conn.send(("ready", os.getpid()))
-    while True:
-        cmd = await _recv(conn, 3600)
-        if cmd[0] == "stop":
-            await link.disconnect()
-            conn.send(("bye", {"peak_rss_mb": _peak_rss_mb()}))
-            return
-        _, mode, period_start = cmd
-        cycle_id = format_utc(period_start)
-        valid_until = format_utc(period_start + timedelta(seconds=PERIOD_S))
-        state.update(count=0, last=None, relay=mode == "relay", done=asyncio.Event(),
-                     alloc=encode_alloc(cycle_id, FLEX_KW, spec.n // 2 + 1, valid_until, 1))
-        gc_clock.reset()
-        cpu0, t0 = time.process_time(), time.monotonic()
-        link.publish(topics.cycle_request(), request_payload(period_start, spec.n))
-        mark = -1
-        while not state["done"].is_set():
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(IDLE_TIMEOUT_S):
-                    await state["done"].wait()
-            if state["count"] == mark:
-                break  # no progress: report what arrived
-            mark = state["count"]
-        await link.drain(IDLE_TIMEOUT_S + spec.n / 1000)
-        conn.send(("done", {"published_at": t0, "replies": state["count"],
-                            "last_reply_at": state["last"],
-                            "cpu_s": time.process_time() - cpu0, **gc_clock.snapshot()}))
-
-
-class _LogTally:
-    """A structlog processor: counts every event, shows only the first few warnings."""
-
-    def __init__(self) -> None:
-        self.counts: Counter[str] = Counter()
-        self.quiet = False  # set while stopping: a deliberate disconnect is no news
-
-    def __call__(
-        self, logger: Any, method: str, event_dict: MutableMapping[str, Any]
-    ) -> MutableMapping[str, Any]:
-        if self.quiet:
-            raise structlog.DropEvent
-        key = f"{method}:{event_dict.get('event')}"
-        self.counts[key] += 1
-        if method in ("debug", "info") or self.counts[key] > 3:
-            raise structlog.DropEvent
-        return event_dict
-
-
-def _configure_hub_logging() -> _LogTally:
-    tally = _LogTally()
-    structlog.configure(
-        processors=[
-            tally,
-            structlog.processors.add_log_level,
-            structlog.processors.format_exc_info,
-            structlog.processors.JSONRenderer(),
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-        cache_logger_on_first_use=True,
-    )
-    return tally
-
-
-async def _coordinator_hub(conn: Connection, spec: HubSpec) -> None:
-    """The real coordinator, in this process's event loop."""
-    tally = _configure_hub_logging()
-    settings = load_central_settings(
-        None,
-        env={},
-        mqtt={"host": spec.host, "port": spec.port,
-              "max_inflight": spec.coordinator_max_inflight,
-              "client_id": f"bench-central-{spec.community}"},
-        community={"id": spec.community, "topic_root": spec.root},
-        cycle={"period_s": PERIOD_S, "reply_timeout_s": REPLY_TIMEOUT_S, "strategy": "fifo"},
-        recorder={"url": f"sqlite:///{spec.recorder_path}"},
-    )
-    coordinator = Coordinator(settings, AcceleratedClock(1.0, CLOCK_ORIGIN))
-    marks: dict[str, Any] = {}
-
-    def listen(event: str, data: Any) -> None:
-        if event == "cycle_opened":
-            marks["opened_at"] = time.monotonic()
-        elif event == "allocations":
-            marks["allocations"] = marks.get("allocations", 0) + len(data[1])
-        elif event == "cycle_closed":
-            marks["closed_at"] = time.monotonic()
-            marks["reason"] = data[1].reason
-            marks["replies"] = data[1].replies
-
-    coordinator.add_listener(listen)
-    stop = asyncio.Event()
-    task = asyncio.create_task(coordinator.run(stop))
-    try:
-        async with asyncio.timeout(15):
-            await coordinator.wait_ready()
-        # wait_ready() fires once SUBSCRIBE is sent, not acknowledged; give the broker
-        # a moment so the (unretained) net loads announced next are not missed.
-        await asyncio.sleep(0.3)
-        conn.send(("ready", os.getpid()))
-        t0 = time.monotonic()
-
-        def knows_all() -> bool:
-            records = coordinator.sites.records()
-            return len(records) >= spec.n and all(
-                r.online and r.net_export_kw is not None for r in records
-            )
-
-        await _until(knows_all, 120 + spec.n / 200, "the coordinator to know every site")
-        conn.send(("known", time.monotonic() - t0, _peak_rss_mb()))
-        gc_clock = GcClock()
-        cpu0 = 0.0
-        while True:
-            # "go" opens a cycle; "collect" (sent once the simulator has seen it all)
-            # reports on it, so the CPU after the close (allocations draining) counts.
-            # Nothing else: no bus.drain(), which a live coordinator never calls.
-            cmd = await _recv(conn, 3600)
-            if cmd[0] == "stop":
-                break
-            if cmd[0] == "go":
-                marks.clear()
-                gc_clock.reset()
-                cpu0 = time.process_time()
-                await coordinator.start_cycle_now(cmd[2])
-            elif cmd[0] == "collect":
-                # The simulator saw cycle/closed; let the coordinator's own
-                # listener catch up before reporting (bounded).
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(5):
-                        while "closed_at" not in marks:
-                            await asyncio.sleep(0.005)
-                conn.send(("done", {**marks, "bus_pending": coordinator.bus.pending,
-                                    "cpu_s": time.process_time() - cpu0,
-                                    "rss_mb": _peak_rss_mb(), **gc_clock.snapshot(),
-                                    "stats": coordinator.stats.as_dict()}))
-    finally:
-        tally.quiet = True
-        stop.set()
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(30):
-                await task
-    warnings = {k: v for k, v in tally.counts.items() if not k.startswith(("info", "debug"))}
-    conn.send(("bye", {"peak_rss_mb": _peak_rss_mb(), "log_warnings": warnings,
-                       "log_counts": dict(tally.counts)}))
-
-
-class Hub:
-    """Parent-side handle of a hub process: start, command, stop (always)."""
-
-    def __init__(self, spec: HubSpec) -> None:
-        ctx = multiprocessing.get_context("spawn")
-        self.spec = spec
-        self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=hub_process, args=(child, spec), daemon=True,
-                                name=f"bench-{spec.role}-{spec.n}")
-        self.proc.start()
-        child.close()
-        self.pid: int | None = None
-        self.farewell: dict[str, Any] = {}
-
-    async def expect(self, kind: str, timeout_s: float) -> Any:
-        try:
-            msg = await _recv(self.conn, timeout_s)
-        except (EOFError, TimeoutError) as exc:
-            raise RuntimeError(
-                f"{self.spec.role} hub (pid {self.proc.pid}) did not send {kind!r}: {exc!r}; "
-                f"exit code {self.proc.exitcode}"
-            ) from exc
-        if msg[0] != kind:
-            raise RuntimeError(f"{self.spec.role} hub sent {msg[0]!r}, expected {kind!r}")
-        return msg[1] if len(msg) == 2 else msg[1:]
-
-    async def ready(self) -> None:
-        self.pid = await self.expect("ready", 60)
-
-    def send(self, *cmd: Any) -> None:
-        self.conn.send(cmd)
-
-    async def stop(self, polite: bool = True) -> None:
-        """Ask politely (or not, after a failure or Ctrl-C), then terminate, then kill."""
-        if polite and self.proc.is_alive():
-            with contextlib.suppress(Exception):
-                self.send("stop")
-                self.farewell = await self.expect("bye", 30)
-            self.proc.join(5)
-        for end in (self.proc.terminate, self.proc.kill):
-            if self.proc.is_alive():
-                end()
-                self.proc.join(3)
-        self.conn.close()
 
 
 # Measuring ------------------------------------------------------------------------------
@@ -674,20 +154,6 @@ class SizeResult:
         return out
 
 
-def _cpu_of(pid: int | None) -> float | None:
-    """User + system CPU seconds of a process (for the broker), None if unknown."""
-    if pid is None:
-        return None
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _delta(after: float | None, before: float | None) -> float | None:
-    return after - before if after is not None and before is not None else None
-
 
 def core_throughput(n: int, runs: int = CORE_RUNS) -> dict[str, list[float]]:
     """Replies per second of the pure core: ``offer_many``, the same with the heap
@@ -741,9 +207,9 @@ async def measure_size(
     floor_c, coord_c = f"bf{n}-{tag}", f"bc{n}-{tag}"
     floor_sim = GatewaySim(Topics(floor_c, root), n, connections, window)
     coord_sim = GatewaySim(Topics(coord_c, root), n, connections, window)
-    floor = Hub(HubSpec("floor", host, port, root, floor_c, n, window))
-    coord = Hub(HubSpec("coordinator", host, port, root, coord_c, n, window,
-                        coordinator_max_inflight, str(workdir / f"central-{n}.sqlite")))
+    floor = start_hub(HubSpec("floor", host, port, root, floor_c, n, window))
+    coord = start_hub(HubSpec("coordinator", host, port, root, coord_c, n, window,
+                              coordinator_max_inflight, str(workdir / f"central-{n}.sqlite")))
     sims = (floor_sim, coord_sim)
     finished = False
     try:
@@ -786,7 +252,7 @@ async def _floor_run(result: SizeResult, hub: Hub, sim: GatewaySim, period_start
     gc.collect()
     await asyncio.sleep(0.2)  # let the previous run's last packets settle
     sim.arm(period_start)
-    cpu0 = _cpu_of(broker_pid)
+    cpu0 = cpu_seconds(broker_pid)
     hub.send("go", mode, period_start)
     run = await sim.wait(n if mode == "relay" else 0, closed=False)
     done = await hub.expect("done", IDLE_TIMEOUT_S * 3 + n / 500)
@@ -809,7 +275,7 @@ async def _floor_run(result: SizeResult, hub: Hub, sim: GatewaySim, period_start
     result.broker_round_trip_replies_in_s.append(done["last_reply_at"] - start)
     result.floor_relay_cpu_s.append(done["cpu_s"])
     result.floor_relay_gc_s.append(done["gc_s"])
-    if (cpu := _delta(_cpu_of(broker_pid), cpu0)) is not None:
+    if (cpu := delta(cpu_seconds(broker_pid), cpu0)) is not None:
         result.broker_cpu_floor_s.append(cpu)
     return elapsed
 
@@ -818,29 +284,18 @@ async def _coordinator_run(result: SizeResult, hub: Hub, sim: GatewaySim,
                            period_start: datetime, broker_pid: int | None) -> float | None:
     """One real cycle: request arrival -> ``cycle/closed`` and N allocations; None if not."""
     n = result.n
-    gc.collect()
-    await asyncio.sleep(0.2)
-    sim.arm(period_start)
-    cpu0 = _cpu_of(broker_pid)
-    triggered_at = time.monotonic()
-    hub.send("go", "cycle", period_start)
-    run = await sim.wait(n, closed=True)
-    hub.send("collect")
-    done = await hub.expect("done", 60)
+    outcome = await run_coordinator_cycle(hub, sim, period_start, n, broker_pid=broker_pid)
+    run, done = outcome.run, outcome.done
     result.allocations_received.append(run.distinct_sites)
-    reason = run.closed.get("reason") if run.closed else None
-    result.close_reasons.append(reason)
-    ends = [t for t in (run.closed_at, run.last_alloc_at) if t is not None]
-    ok = (run.requested_at is not None and run.closed_at is not None and reason == "all_replied"
-          and run.distinct_sites == n and (run.closed or {}).get("replies") == n)
-    if not ok or not ends or run.requested_at is None:
+    result.close_reasons.append(outcome.reason)
+    elapsed = outcome.elapsed_s
+    if not outcome.complete or elapsed is None or run.requested_at is None:
         result.complete = False
         progress(f"  coordinator: incomplete, {run.distinct_sites}/{n} allocations, "
                  f"closed={run.closed}, stats={done.get('stats')}")
         return None
-    elapsed = max(ends) - run.requested_at
     result.coordinator_s.append(elapsed)
-    result.coordinator_open_s.append(run.requested_at - triggered_at)
+    result.coordinator_open_s.append(run.requested_at - outcome.triggered_at)
     assert run.last_alloc_at is not None
     result.coordinator_last_alloc_s.append(run.last_alloc_at - run.requested_at)
     if "opened_at" in done and "closed_at" in done:
@@ -848,8 +303,8 @@ async def _coordinator_run(result: SizeResult, hub: Hub, sim: GatewaySim,
     result.coordinator_cpu_s.append(done["cpu_s"])
     result.coordinator_gc_s.append(done["gc_s"])
     result.coordinator_gc_count_by_gen.append(done["gc_count_by_gen"])
-    if (cpu := _delta(_cpu_of(broker_pid), cpu0)) is not None:
-        result.broker_cpu_coordinator_s.append(cpu)
+    if outcome.broker_cpu_s is not None:
+        result.broker_cpu_coordinator_s.append(outcome.broker_cpu_s)
     return elapsed
 
 
@@ -871,29 +326,6 @@ class BenchResult:
         }
 
 
-def machine_info() -> dict[str, Any]:
-    mosquitto = "?"
-    with contextlib.suppress(Exception):
-        out = subprocess.run(["/usr/sbin/mosquitto", "-h"], capture_output=True, text=True,
-                             timeout=5)
-        mosquitto = (out.stdout or out.stderr).splitlines()[0]
-    cpu = "?"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return {
-        "cpus": os.cpu_count(),
-        "cpu": cpu,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "mosquitto": mosquitto,
-        "gmqtt": getattr(gmqtt, "__version__", "?"),
-        "loadavg_start": os.getloadavg(),
-    }
-
-
 async def run_benchmark(
     sizes: Sequence[int], repeat: int, *, broker: Any | None = None, root: str = "ems",
     coordinator_max_inflight: int = COORDINATOR_MAX_INFLIGHT,
@@ -902,8 +334,7 @@ async def run_benchmark(
     t0 = time.monotonic()
     machine = machine_info()
     with contextlib.ExitStack() as stack:
-        if broker is None:
-            broker = stack.enter_context(EmbeddedBroker(kind="mosquitto", host="127.0.0.1"))
+        broker = local_broker(stack, broker)
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ems-bench-")))
         pid = getattr(broker, "pid", None)
         progress(f"broker {broker.host}:{broker.port} (pid {pid}); sizes {list(sizes)}, "
@@ -928,10 +359,6 @@ async def run_benchmark(
 
 
 # Reporting --------------------------------------------------------------------------------
-
-
-def _fmt(value: float | None, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
 
 
 def _complete_runs(s: SizeResult) -> str:
@@ -1007,19 +434,6 @@ def format_table(bench: BenchResult) -> str:
         lines.append("WARNING: some runs were incomplete (see the progress lines); "
                      "their medians use the complete runs only.")
     return "\n".join(lines)
-
-
-def parse_sizes(text: str) -> list[int]:
-    """``"1000,10k,100k"`` -> ``[1000, 10000, 100000]``."""
-    sizes = []
-    for part in text.split(","):
-        part = part.strip().lower().replace("_", "")
-        scale = 1_000 if part.endswith("k") else 1
-        value = int(float(part.rstrip("k")) * scale)
-        if value < 1:
-            raise argparse.ArgumentTypeError(f"size must be positive: {part!r}")
-        sizes.append(value)
-    return sizes
 
 
 def main(argv: Sequence[str] | None = None) -> int:

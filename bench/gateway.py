@@ -29,8 +29,9 @@ user + system time (``/proc/<pid>/stat``, every thread), read from outside, so
 measuring costs the gateway nothing. The same is read for a bare interpreter
 (``python -c``, importing nothing) to show what Python itself costs.
 
-This module's top-level imports are the standard library only: the gateway's
-process imports it to start, and must not load the simulators or gmqtt.
+This module's top-level imports are the standard library and ``bench.common``
+(itself standard library only): the gateway's process imports it to start, and
+must not load the simulators or gmqtt.
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+
+from bench.common import cpu_times, proc_status, progress
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET_RSS_MB = 60.0
@@ -86,38 +89,6 @@ LOADS = (
     HomeLoad("pool-pump", "generic", "plug1", 0, 0.8),
     HomeLoad("water-heater", "water_heater", "board", 0, 2.4),
 )
-
-
-def progress(message: str) -> None:
-    """One progress line on stderr (stdout carries only the result)."""
-    sys.stderr.write(f"[bench {time.strftime('%H:%M:%S')}] {message}\n")
-    sys.stderr.flush()
-
-
-# /proc ------------------------------------------------------------------------------
-
-
-def proc_status(pid: int | str) -> dict[str, float]:
-    """``VmRSS``, ``VmHWM`` (MB) and ``Threads`` of a process; empty once it is gone."""
-    out: dict[str, float] = {}
-    with contextlib.suppress(OSError):
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key in ("VmRSS", "VmHWM"):
-                out[key] = int(value.split()[0]) / 1024  # kB
-            elif key == "Threads":
-                out[key] = int(value)
-    return out
-
-
-def cpu_times(pid: int | str) -> tuple[float, float]:
-    """(user, system) CPU seconds of a process, all its threads; (0, 0) once it is gone."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0, 0.0
-    tick = os.sysconf("SC_CLK_TCK")
-    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 # The gateway's process ------------------------------------------------------------------
@@ -499,7 +470,7 @@ class CoordinatorStandIn:
     """The coordinator's part for one site: request, flex, alloc, closed (QoS 1)."""
 
     def __init__(self, community: str, root: str, tag: str) -> None:
-        from bench.cycle import Link
+        from bench.swarm import Link
         from protocol import Topics
 
         self.topics = Topics(community, root)
@@ -634,7 +605,7 @@ async def run_benchmark(
     import tempfile
     import uuid
 
-    from bench.cycle import machine_info
+    from bench.common import machine_info
     from ems.broker import EmbeddedBroker
     from gateway.sim.shelly import SimShellyPro3Em
 
