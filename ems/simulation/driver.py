@@ -13,6 +13,7 @@ from collections.abc import Hashable, Iterable, Sequence
 from typing import NamedTuple
 
 from central.core import Cycle, Offer, Strategy, StrategyState
+from central.core.replay import drive as drive_core
 
 
 class SiteInput(NamedTuple):
@@ -50,28 +51,10 @@ def drive(cycle: Cycle, offers: Iterable[Offer]) -> None:
     reply's arrival fires (``tick``). After the last reply, time runs on to
     the cycle's next wake-ups and at worst its deadline, so the cycle always
     ends closed. Replies after the close are dropped, as the coordinator
-    cancels them.
+    cancels them. One driver for the simulator, replay and shadow mode:
+    :func:`central.core.replay.drive`.
     """
-    last_tick_s = float("-inf")
-    for offer in offers:
-        if cycle.close_reason is not None:
-            return
-        wake_s = cycle.next_wakeup_s()
-        # A strategy that asks again for a time already past must not stall the run.
-        while wake_s is not None and last_tick_s < wake_s <= offer.elapsed_s:
-            cycle.tick(wake_s)
-            last_tick_s = wake_s
-            wake_s = cycle.next_wakeup_s()
-        if cycle.close_reason is not None:
-            return
-        cycle.offer(offer)
-    deadline_s = cycle.context.deadline_s
-    while cycle.close_reason is None:
-        wake_s = cycle.next_wakeup_s()
-        if wake_s is None or wake_s <= last_tick_s:
-            wake_s = deadline_s
-        cycle.tick(wake_s)
-        last_tick_s = wake_s
+    drive_core(cycle, list(offers))
 
 
 def run_cycle(

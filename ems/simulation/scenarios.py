@@ -46,6 +46,7 @@ from typing import Literal, NamedTuple
 from central.core import Cycle, Offer, Strategy, StrategyState
 from central.core.cycle import LoadOffer
 from central.core.metrics import PERIOD_H, CycleRecord, relay_starts, usable_loads
+from central.core.replay import drive
 from ems.simulation.summer_day import SummerDayModel, draw_cycle
 from gateway.ems.loads import LoadSpec, Modulation
 from gateway.ems.plan import Candidate, candidate_of, choose_loads
@@ -163,42 +164,6 @@ class RunResult:
 OnCycle = Callable[[], None]
 
 
-# Driving the core with decision times -----------------------------------------
-
-
-def drive_timed(cycle: Cycle, offers: Sequence[Offer]) -> dict[str, float]:
-    """``driver.drive``, noting when each site's decision was taken (s after the request).
-
-    A decision taken on a reply is timed at that reply's arrival; one taken
-    on a timer or at the deadline at that time.
-    """
-    decided_at: dict[str, float] = {}
-
-    def note(decisions: Sequence[tuple[str, float, int, float, float]], at_s: float) -> None:
-        for d in decisions:
-            decided_at.setdefault(d[0], at_s)
-
-    last_tick_s = -math.inf
-    for offer in offers:
-        if cycle.close_reason is not None:
-            return decided_at
-        wake_s = cycle.next_wakeup_s()
-        while wake_s is not None and last_tick_s < wake_s <= offer.elapsed_s:
-            note(cycle.tick(wake_s).decisions, wake_s)
-            last_tick_s = wake_s
-            wake_s = cycle.next_wakeup_s()
-        if cycle.close_reason is not None:
-            return decided_at
-        note(cycle.offer(offer).decisions, offer.elapsed_s)
-    deadline_s = cycle.context.deadline_s
-    while cycle.close_reason is None:
-        wake_s = cycle.next_wakeup_s()
-        if wake_s is None or wake_s <= last_tick_s:
-            wake_s = deadline_s
-        note(cycle.tick(wake_s).decisions, wake_s)
-        last_tick_s = wake_s
-    return decided_at
-
 
 class Allocated(NamedTuple):
     """What one cycle gave each site and when."""
@@ -232,7 +197,7 @@ def allocate(
     if cycle.close_reason is None:
         offers = [Offer(r.site, cycle_id, r.flex_kw, r.delay_s, r.loads) for r in replies]
         offers.sort(key=lambda o: o.elapsed_s)
-        decided_at = drive_timed(cycle, offers)
+        decided_at = drive(cycle, offers)
     alloc = {d.site: d.alloc_kw for d in cycle.decisions}
     return Allocated(alloc, decided_at, cycle.settle(state))
 
