@@ -134,6 +134,11 @@ class Scene:
 BAD_SITE_SEGMENTS = ("", "S01", "s 1", "-x", "x" * 33, "é", "+", "#", "s01/extra", "..")
 
 
+def errors_in(logs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Log events that mean an exception reached a guard (a bug), not a refusal."""
+    return [e for e in logs if e.get("exc_info") or e["log_level"] in ("error", "critical")]
+
+
 def coordinator_targets(topics: Topics, scene: Scene) -> list[Target]:
     """Every topic the coordinator reads (PROTOCOL.md: site/+/..., admin/#, load states)."""
     sites = scene.sites

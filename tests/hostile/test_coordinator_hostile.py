@@ -24,14 +24,9 @@ from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
 from bench.fuzz.corpus import dumps, generate
-from bench.fuzz.harness import CoordinatorHarness, coordinator_harness
+from bench.fuzz.harness import CoordinatorHarness, coordinator_harness, errors_in
 
 BULK = 100_000
-
-
-def errors_in(logs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Log events that mean an exception reached a guard (a bug), not a refusal."""
-    return [e for e in logs if e.get("exc_info") or e["log_level"] in ("error", "critical")]
 
 
 @pytest.mark.timeout(240)

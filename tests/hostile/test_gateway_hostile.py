@@ -26,13 +26,9 @@ from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
 from bench.fuzz.corpus import dumps, generate
-from bench.fuzz.harness import GatewayHarness, gateway_harness
+from bench.fuzz.harness import GatewayHarness, errors_in, gateway_harness
 
 BULK = 100_000
-
-
-def errors_in(logs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [e for e in logs if e.get("exc_info") or e["log_level"] in ("error", "critical")]
 
 
 @pytest.mark.timeout(240)
