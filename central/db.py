@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import re
 import sqlite3
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -186,6 +187,25 @@ def fill_types(sql: str, db: Database) -> str:
     return sql.format_map(db.types)
 
 
+def _switch_to_wal(db: sqlite3.Connection) -> None:
+    """``journal_mode=WAL``, retried while another opener holds the file.
+
+    Switching the journal mode takes an exclusive lock and SQLite answers
+    "database is locked" at once, without its busy handler, when another
+    process is creating or switching the same file: two coordinators (or the
+    coordinator and ``ems``) opening fresh records together hit it.
+    """
+    deadline = time.monotonic() + _BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.02)
+
+
 class SqliteDatabase:
     """One SQLite file (or ``:memory:``), opened for the recorder's one thread."""
 
@@ -214,9 +234,9 @@ class SqliteDatabase:
                     path.parent.mkdir(parents=True, exist_ok=True)
                 self._db = sqlite3.connect(str(path), check_same_thread=False,
                                            isolation_level=None)
-                self._db.execute("PRAGMA journal_mode=WAL")
-                self._db.execute("PRAGMA synchronous=FULL")
                 self._db.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
+                _switch_to_wal(self._db)
+                self._db.execute("PRAGMA synchronous=FULL")
         except (sqlite3.Error, OSError) as exc:
             raise self.error("cannot read" if readonly else "cannot open", exc) from exc
 
